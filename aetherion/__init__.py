@@ -1,0 +1,4 @@
+"""AETHERION: real-time market intelligence backend."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,161 @@
+"""Settings (environment ``AETHERION_<NAME>`` or ``.env``) and market definitions."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from aetherion.domain import TIMEFRAME_MS
+
+__all__ = ["DEFAULT_MARKETS", "MarketConfig", "Settings", "settings_error_line"]
+
+_MARKET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+CONNECTORS = ("simulator", "binance", "ccxt", "alpaca", "kite")
+
+
+class MarketConfig(BaseModel):
+    """One named instrument stream. Credentials only by the names of the env vars holding them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    venue: Literal["crypto", "us", "nse"]
+    connector: Literal["simulator", "binance", "ccxt", "alpaca", "kite"]
+    symbol: str = Field(min_length=1)
+    ws_url: str | None = None
+    rest_url: str | None = None
+    exchange: str | None = None  # ccxt exchange id, for connector "ccxt"
+    feed: str | None = None  # alpaca: "iex" or "sip"
+    instrument_token: int | None = None  # kite
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+    access_token_env: str | None = None
+    # simulator: starting price and a per-market seed offset
+    start_price: float | None = Field(default=None, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_url_safe(cls, v: str) -> str:
+        if not _MARKET_ID.match(v):
+            raise ValueError("must be 1-32 chars of lower-case letters, digits, '-' or '_'")
+        return v
+
+    @model_validator(mode="after")
+    def _connector_options(self) -> MarketConfig:
+        if self.connector == "ccxt" and not self.exchange:
+            raise ValueError(f"market {self.id!r}: connector 'ccxt' needs 'exchange' (a ccxt id)")
+        return self
+
+
+DEFAULT_MARKETS: tuple[MarketConfig, ...] = (
+    MarketConfig(id="btcusdt", venue="crypto", connector="simulator", symbol="BTC/USDT",
+                 start_price=60_000.0),
+    MarketConfig(id="spy", venue="us", connector="simulator", symbol="SPY", start_price=450.0),
+    MarketConfig(id="nifty", venue="nse", connector="simulator", symbol="NIFTY 50",
+                 start_price=22_000.0),
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of the process. A bad value fails at start, naming the setting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AETHERION_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+    sql_url: str = "sqlite+aiosqlite:///./var/aetherion.db"
+    mongo_url: str | None = None
+    mongo_db: str = "aetherion"
+    markets: Annotated[tuple[MarketConfig, ...], NoDecode] = DEFAULT_MARKETS
+    timeframes: Annotated[tuple[str, ...], NoDecode] = ("1m", "5m", "15m", "1h")
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_key: str | None = None
+
+    # simulator
+    sim_rate: float = Field(default=50.0, gt=0, le=100_000, description="trades/s per market")
+    sim_seed: int = 7
+    sim_history_bars: int = Field(default=600, ge=0, le=100_000)
+    sim_regime_seconds: float = Field(default=1800.0, gt=0, description="mean calm-regime stay")
+
+    # candle engine
+    bar_grace_ms: int = Field(default=500, ge=0, le=60_000)
+
+    # stores
+    store_batch_size: int = Field(default=500, ge=1, le=100_000)
+    store_flush_ms: int = Field(default=250, ge=10, le=60_000)
+    store_buffer_rows: int = Field(default=200_000, ge=100)
+
+    @field_validator("timeframes", mode="before")
+    @classmethod
+    def _parse_timeframes(cls, v: Any) -> Any:
+        items = [s.strip() for s in v.split(",")] if isinstance(v, str) else list(v)
+        items = [s for s in items if s]
+        if not items:
+            raise ValueError("at least one timeframe is needed")
+        unknown = [s for s in items if s not in TIMEFRAME_MS]
+        if unknown:
+            raise ValueError(f"unknown timeframe(s) {unknown}; known: {', '.join(TIMEFRAME_MS)}")
+        return tuple(sorted(set(items), key=TIMEFRAME_MS.__getitem__))
+
+    @field_validator("markets", mode="before")
+    @classmethod
+    def _parse_markets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON: {e}") from None
+            if not isinstance(v, list) or not v:
+                raise ValueError("must be a non-empty JSON list of market objects")
+        return v
+
+    @field_validator("markets")
+    @classmethod
+    def _unique_ids(cls, v: tuple[MarketConfig, ...]) -> tuple[MarketConfig, ...]:
+        ids = [m.id for m in v]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate market id(s): {dup}")
+        return v
+
+    @field_validator("sql_url")
+    @classmethod
+    def _sql_driver(cls, v: str) -> str:
+        if not v.startswith(("sqlite+aiosqlite://", "mysql+asyncmy://", "mariadb+asyncmy://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or mysql+asyncmy://")
+        return v
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return v or None
+
+    @property
+    def finest_timeframe(self) -> str:
+        return self.timeframes[0]
+
+    def market(self, market_id: str) -> MarketConfig | None:
+        return next((m for m in self.markets if m.id == market_id), None)
+
+
+def settings_error_line(exc: Exception) -> str:
+    """One line naming the bad setting(s) and why, for a start-up failure."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return f"bad setting: {exc}"
+    parts = []
+    for err in errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = "AETHERION_" + loc[0].upper() if loc else "settings"
+        where = "".join(f"[{p}]" for p in loc[1:])
+        parts.append(f"{name}{where}: {err.get('msg', 'invalid')}")
+    return "bad setting: " + "; ".join(parts)

@@ -1,0 +1,247 @@
+"""Multi-timeframe time bars, built incrementally from batches of trades.
+
+Only the finest timeframe is touched per trade; coarser bars are folds of closed finer bars.
+Bars are aligned to UTC epoch multiples of their timeframe. An interval without trades makes no
+bar. A bar closes when a trade of a later interval arrives, when the clock passes its end plus a
+grace (``on_clock``), or at the end of a replay (``flush``).
+
+A trade for a bar that has already closed revises it: the stored bar keeps its key, its
+``revision`` goes up by one and the revised bar is emitted again; a bar that first appears late
+(its interval had closed with no trade) is emitted with revision 1. Emitted bars with revision 0 are
+new closes; later stages act on those only, so what they said stays what was known then, while the
+next bar builds on the revised values. Closed bars are remembered for revisions over a bounded
+horizon (``keep`` bars per timeframe); an older late trade is counted in ``late_dropped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aetherion.domain import BUY, SELL, TIMEFRAME_MS, Bar, Tick
+
+__all__ = ["CandleEngine"]
+
+
+class _State:
+    """A bar being built or remembered; mutable, private to the engine."""
+
+    __slots__ = (
+        "buy", "close", "count", "first_ts", "high", "last_ts", "low", "open",
+        "open_time", "revision", "sell", "sided", "volume",
+    )
+
+    def __init__(self, open_time: int, ts: int, price: float) -> None:
+        self.open_time = open_time
+        self.open = self.high = self.low = self.close = price
+        self.volume = self.buy = self.sell = 0.0
+        self.count = 0
+        self.first_ts = self.last_ts = ts
+        self.sided = True
+        self.revision = 0
+
+    def add(self, ts: int, price: float, size: float, side: int) -> None:
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        if ts >= self.last_ts:
+            self.close, self.last_ts = price, ts
+        if ts < self.first_ts:
+            self.open, self.first_ts = price, ts
+        self.volume += size
+        self.count += 1
+        if side == BUY:
+            self.buy += size
+        elif side == SELL:
+            self.sell += size
+        else:
+            self.sided = False
+
+    def merge(self, o: _State) -> None:
+        """Fold a finer bar of the same interval into this one."""
+        if o.high > self.high:
+            self.high = o.high
+        if o.low < self.low:
+            self.low = o.low
+        if o.last_ts >= self.last_ts:
+            self.close, self.last_ts = o.close, o.last_ts
+        if o.first_ts < self.first_ts:
+            self.open, self.first_ts = o.open, o.first_ts
+        self.volume += o.volume
+        self.buy += o.buy
+        self.sell += o.sell
+        self.count += o.count
+        self.sided = self.sided and o.sided
+
+    def copy(self) -> _State:
+        s = _State(self.open_time, self.first_ts, self.open)
+        s.merge(self)
+        return s
+
+    def freeze(self, market: str, timeframe: str, closed: bool) -> Bar:
+        return Bar(
+            market, timeframe, self.open_time, self.open, self.high, self.low, self.close,
+            self.volume, self.buy, self.sell, self.count, closed, self.revision,
+            self.first_ts, self.last_ts, self.sided,
+        )
+
+
+class CandleEngine:
+    """Bars of one market at every configured timeframe."""
+
+    def __init__(
+        self, market: str, timeframes: Sequence[str], grace_ms: int = 500, keep: int = 2000
+    ) -> None:
+        if not timeframes:
+            raise ValueError("at least one timeframe is needed")
+        self.market = market
+        self.timeframes = tuple(sorted(set(timeframes), key=TIMEFRAME_MS.__getitem__))
+        self._tf_ms = tuple(TIMEFRAME_MS[t] for t in self.timeframes)
+        base = self._tf_ms[0]
+        bad = [t for t, ms in zip(self.timeframes, self._tf_ms, strict=True) if ms % base]
+        if bad:
+            raise ValueError(f"timeframes {bad} are not whole multiples of {self.timeframes[0]}")
+        self.grace_ms = grace_ms
+        self.keep = keep
+        self.late_dropped = 0
+        self._open: list[_State | None] = [None] * len(self._tf_ms)
+        self._closed: list[dict[int, _State]] = [{} for _ in self._tf_ms]
+        self._closed_until = [0] * len(self._tf_ms)  # every interval ending by then is closed
+
+    # ---- trades in ------------------------------------------------------------------------
+
+    def on_ticks(self, ticks: Sequence[Tick]) -> list[Bar]:
+        """Add a batch of trades; returns the bars that closed or were revised, in order."""
+        return self.on_trades(
+            [t.ts for t in ticks], [t.price for t in ticks],
+            [t.size for t in ticks], [t.side for t in ticks],
+        )
+
+    def on_trades(
+        self, ts: Sequence[int], price: Sequence[float], size: Sequence[float],
+        side: Sequence[int],
+    ) -> list[Bar]:
+        """Columnar form of :meth:`on_ticks` (the replay feeds columns directly)."""
+        out: list[Bar] = []
+        base = self._tf_ms[0]
+        cur = self._open[0]
+        start, end = (cur.open_time, cur.open_time + base) if cur else (0, -1)
+        for i in range(len(ts)):
+            t = ts[i]
+            if start <= t < end and cur is not None:
+                cur.add(t, price[i], size[i], side[i])
+            elif t - t % base + base <= self._closed_until[0]:
+                self._late(t, price[i], size[i], side[i], out)
+            else:
+                if cur is not None:
+                    self._close_finest(out)
+                key = t - t % base
+                self._roll(key, out)
+                cur = self._open[0] = _State(key, t, price[i])
+                cur.add(t, price[i], size[i], side[i])
+                start, end = key, key + base
+        return out
+
+    def on_clock(self, now_ms: int) -> list[Bar]:
+        """Close every bar whose end plus the grace has passed."""
+        out: list[Bar] = []
+        boundary = now_ms - self.grace_ms
+        cur = self._open[0]
+        if cur is not None and cur.open_time + self._tf_ms[0] <= boundary:
+            self._close_finest(out)
+        self._roll(boundary, out)
+        return out
+
+    def flush(self) -> list[Bar]:
+        """Close every open bar (end of a replay)."""
+        out: list[Bar] = []
+        if self._open[0] is not None:
+            self._close_finest(out)
+        for k in range(1, len(self._tf_ms)):
+            st = self._open[k]
+            if st is not None:
+                self._emit_close(k, st, out)
+        return out
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def current(self, timeframe: str) -> Bar | None:
+        """The open bar of a timeframe as it stands now (the finest open bar folded in)."""
+        k = self.timeframes.index(timeframe)
+        st, fin = self._open[k], self._open[0]
+        if k and fin is not None:
+            key = fin.open_time - fin.open_time % self._tf_ms[k]
+            if st is not None and st.open_time == key:
+                st = st.copy()
+                st.merge(fin)
+            else:
+                st = fin.copy()
+                st.open_time = key
+        return None if st is None else st.freeze(self.market, timeframe, closed=False)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _close_finest(self, out: list[Bar]) -> None:
+        cur = self._open[0]
+        assert cur is not None  # noqa: S101 - callers check
+        self._open[0] = None
+        self._emit_close(0, cur, out)
+        for k in range(1, len(self._tf_ms)):
+            key = cur.open_time - cur.open_time % self._tf_ms[k]
+            st = self._open[k]
+            if st is not None and st.open_time != key:
+                self._emit_close(k, st, out)
+                st = None
+            if st is None:
+                st = self._open[k] = cur.copy()
+                st.open_time = key
+            else:
+                st.merge(cur)
+
+    def _roll(self, boundary: int, out: list[Bar]) -> None:
+        """Mark every interval ending at or before ``boundary`` closed; close open coarse bars."""
+        for k, ms in enumerate(self._tf_ms):
+            edge = boundary - boundary % ms
+            if edge > self._closed_until[k]:
+                self._closed_until[k] = edge
+            st = self._open[k]
+            if k and st is not None and st.open_time + ms <= boundary:
+                self._emit_close(k, st, out)
+
+    def _emit_close(self, k: int, st: _State, out: list[Bar]) -> None:
+        self._open[k] = None
+        closed = self._closed[k]
+        closed[st.open_time] = st
+        if len(closed) > self.keep:
+            del closed[next(iter(closed))]
+        end = st.open_time + self._tf_ms[k]
+        if end > self._closed_until[k]:
+            self._closed_until[k] = end
+        out.append(st.freeze(self.market, self.timeframes[k], closed=True))
+
+    def _late(self, t: int, p: float, q: float, s: int, out: list[Bar]) -> None:
+        """A trade older than the open finest bar: revise (or create) the bars it belongs to."""
+        if t < self._closed_until[0] - self.keep * self._tf_ms[0]:
+            self.late_dropped += 1  # beyond the revision horizon; the trade itself is stored
+            return
+        for k, ms in enumerate(self._tf_ms):
+            key = t - t % ms
+            st = self._open[k]
+            if st is not None and st.open_time == key:
+                st.add(t, p, q, s)
+                continue
+            st = self._closed[k].get(key)
+            if st is not None:
+                st.add(t, p, q, s)
+                st.revision += 1
+            elif key + ms <= self._closed_until[k]:
+                st = _State(key, t, p)
+                st.add(t, p, q, s)
+                st.revision = 1
+                self._closed[k][key] = st
+            else:  # the interval is still open at this timeframe: a coarse bar starts early
+                st = _State(key, t, p)
+                st.add(t, p, q, s)
+                self._open[k] = st
+                continue
+            out.append(st.freeze(self.market, self.timeframes[k], closed=True))

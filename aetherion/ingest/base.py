@@ -1,0 +1,138 @@
+"""What every connector shares: its output, its connection state and its counters.
+
+A connector runs as one task per market (``await connector.run(out)``) until cancelled. It owns
+its reconnects; it normalizes venue messages into :class:`~aetherion.domain.Tick` batches and
+:class:`~aetherion.domain.BookSnapshot` objects at the edge and puts them on ``out``, a bounded
+queue (so a slow pipeline slows the reader instead of growing memory).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections import deque
+from typing import Any, Literal, Protocol
+
+from aetherion.config import MarketConfig, Settings
+from aetherion.domain import Bar, BookSnapshot, Tick
+
+__all__ = [
+    "Checkpoints",
+    "Connector", "ConnectorStats", "ConnState", "LatencyWindow", "Output", "Outbox"]
+
+ConnState = Literal[
+    "connecting", "live", "reconnecting", "resyncing", "failed", "closed", "stopped"
+]
+Output = list[Tick] | BookSnapshot
+Outbox = asyncio.Queue[Output]
+
+
+class LatencyWindow:
+    """The last ``size`` samples of a latency, in milliseconds."""
+
+    __slots__ = ("_samples",)
+
+    def __init__(self, size: int = 2048) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._samples.append(ms)
+
+    def summary(self) -> dict[str, float | None]:
+        if not self._samples:
+            return {"p50": None, "p99": None, "max": None}
+        s = sorted(self._samples)
+        n = len(s)
+        return {
+            "p50": round(s[(n - 1) // 2], 3),
+            "p99": round(s[min(n - 1, int(0.99 * n))], 3),
+            "max": round(s[-1], 3),
+        }
+
+
+class ConnectorStats:
+    """Connection state and counters of one market, as ``/api/market/status`` shows them."""
+
+    def __init__(self) -> None:
+        self.state: ConnState = "connecting"
+        self.messages = 0
+        self.malformed = 0
+        self.reconnects = 0
+        self.gaps_detected = 0
+        self.gaps_filled = 0
+        self.last_message_mono: float | None = None
+        self.exchange_to_receive = LatencyWindow()
+        self.receive_to_processed = LatencyWindow()
+        self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
+
+    def on_messages(self, count: int = 1) -> None:
+        now = time.monotonic()
+        self.messages += count
+        self.last_message_mono = now
+        self._rate_window.append((now, self.messages))
+
+    def msg_rate(self) -> float:
+        """Messages per second over the last few seconds (0 when quiet)."""
+        now = time.monotonic()
+        while self._rate_window and now - self._rate_window[0][0] > 5.0:
+            self._rate_window.popleft()
+        if not self._rate_window:
+            return 0.0
+        t0, n0 = self._rate_window[0]
+        span = max(now - t0, 1.0)
+        return round((self.messages - n0) / span, 2)
+
+    def last_message_age_s(self) -> float | None:
+        if self.last_message_mono is None:
+            return None
+        return round(time.monotonic() - self.last_message_mono, 3)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "msg_rate": self.msg_rate(),
+            "last_message_age_s": self.last_message_age_s(),
+            "messages": self.messages,
+            "malformed": self.malformed,
+            "reconnects": self.reconnects,
+            "gaps_detected": self.gaps_detected,
+            "gaps_filled": self.gaps_filled,
+            "latency_ms": {
+                "exchange_to_receive": self.exchange_to_receive.summary(),
+                "receive_to_processed": self.receive_to_processed.summary(),
+            },
+        }
+
+
+class Checkpoints(Protocol):
+    """Where a connector keeps what it must remember across restarts (``system_state``)."""
+
+    async def get_state(self, key: str) -> dict[str, Any] | None: ...
+
+    async def set_state(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+class Connector(abc.ABC):
+    """One market's source of ticks and books."""
+
+    name: str = "connector"
+
+    def __init__(
+        self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
+    ) -> None:
+        self.market = market
+        self.settings = settings
+        self.checkpoints = checkpoints
+        self.stats = ConnectorStats()
+
+    @abc.abstractmethod
+    async def run(self, out: Outbox) -> None:
+        """Stream until cancelled, reconnecting as needed; never raise on bad input."""
+
+    async def history(self, timeframe: str, limit: int, end_ms: int) -> list[Bar]:
+        """Up to ``limit`` closed bars before ``end_ms``, oldest first, to bootstrap models.
+
+        Empty when the venue offers no history.
+        """
+        return []
