@@ -117,7 +117,7 @@ class SimulatedMarket:
             self._trade_seq += 1
             ts = int(t)
             out.append(Tick(self.market_id, ts, price, max(size, 1e-4), side,
-                            str(self._trade_seq), recv))
+                            f"{ts}-{self._trade_seq}", recv))
         self._last_ts = int(t)
         return out
 
