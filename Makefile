@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/aetherion run
 
 lint: $(STAMP)
-	$(BIN)/ruff check aetherion tests bench
+	$(BIN)/ruff check aetherion tests bench migrations
 	$(BIN)/mypy --strict aetherion
 
 test: lint

@@ -1,0 +1,98 @@
+"""The SQL state store: ``system_state`` (checkpoints, engine state), regimes and transitions.
+
+Decisions and model versions live in the same database; their stages own their queries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aetherion.domain import RegimeUpdate, Transition
+from aetherion.storage import schema as s
+from aetherion.storage.migrate import upgrade_engine
+from aetherion.storage.sql import insert_ignore, make_engine
+
+__all__ = ["StateStore"]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StateStore:
+    """State kept across restarts. Satisfies :class:`aetherion.ingest.base.Checkpoints`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, migrate: bool = True) -> StateStore:
+        engine = make_engine(url)
+        if migrate:
+            await upgrade_engine(engine)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    async def get_state(self, key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(s.system_state.c.value).where(s.system_state.c.key == key))).first()
+        return None if row is None else dict(row[0])
+
+    async def set_state(self, key: str, value: dict[str, Any]) -> None:
+        t = s.system_state
+        async with self.engine.begin() as conn:
+            await conn.execute(t.delete().where(t.c.key == key))
+            await conn.execute(t.insert(), {"key": key, "value": value, "updated_at": _now_ms()})
+
+    async def write_regimes(self, updates: list[RegimeUpdate]) -> None:
+        if not updates:
+            return
+        now = _now_ms()
+        rows = [{
+            "market": u.market, "timeframe": u.timeframe, "open_time": u.open_time,
+            "regime_raw": u.regime_raw, "regime": u.regime, "confidence": u.confidence,
+            "probs": dict(u.probs), "model_version": u.model_version, "strategy": u.strategy,
+            "contributions": dict(u.contributions) if u.contributions else None,
+            "created_at": now,
+        } for u in updates]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert_ignore(self.engine, s.regime_state), rows)
+
+    async def write_transitions(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        now = _now_ms()
+        rows = [{
+            "market": t.market, "timeframe": t.timeframe, "open_time": t.open_time,
+            "from_regime": t.from_regime, "to_regime": t.to_regime, "confidence": t.confidence,
+            "from_strategy": t.from_strategy, "to_strategy": t.to_strategy, "cause": t.cause,
+            "created_at": now,
+        } for t in transitions]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
+
+    async def regime_history(
+        self, market: str, timeframe: str, limit: int,
+        since: int | None = None, until: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored regime rows, newest first."""
+        t = s.regime_state
+        q = select(t).where(t.c.market == market, t.c.timeframe == timeframe)
+        if since is not None:
+            q = q.where(t.c.open_time >= since)
+        if until is not None:
+            q = q.where(t.c.open_time <= until)
+        q = q.order_by(t.c.open_time.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]

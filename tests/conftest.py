@@ -1,0 +1,136 @@
+"""Shared fixtures: real database servers on loopback.
+
+- ``mysql_url``: a fresh database on the MariaDB/MySQL server at ``AETHERION_TEST_MYSQL_URL``
+  (default ``mysql+asyncmy://root@127.0.0.1:3306``), dropped afterwards. With ``CI=true`` a
+  missing server fails the test; elsewhere the test is skipped with the reason.
+- ``mongo_url``: ``AETHERION_TEST_MONGO_URL``, or an ``nx-27017`` MongoDB wire-protocol server
+  started on a free port for the session.
+- ``sql_url``: each SQL backend in turn (embedded SQLite, then MySQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+MYSQL_SERVER = os.environ.get("AETHERION_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mysql_admin(sql: str) -> None:
+    """Run one statement on the server, from any context (a thread of its own, its own loop)."""
+
+    async def go() -> None:
+        engine = create_async_engine(str(make_url(MYSQL_SERVER).set(database="")))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    name = f"aeth_test_{uuid.uuid4().hex[:10]}"
+    try:
+        _mysql_admin(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    except Exception as e:  # noqa: BLE001 - any failure to reach the server
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"MySQL test server at {MYSQL_SERVER} is required in CI: {e}")
+        pytest.skip(f"no MySQL server at {MYSQL_SERVER} ({e}); set AETHERION_TEST_MYSQL_URL")
+    yield str(make_url(MYSQL_SERVER).set(database=name))
+    _mysql_admin(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/state.db"
+    url: str = request.getfixturevalue("mysql_url")
+    return url
+
+
+class NxServer:
+    """An ``nx-27017`` process: a MongoDB wire-protocol server over SQLite files."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        exe = shutil.which("nx-27017", path=str(Path(sys.executable).parent)) or "nx-27017"
+        self.proc = subprocess.Popen(
+            [exe, "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir),
+             "--log-file", str(self.data_dir / "nx.log"),
+             "--pid-file", str(self.data_dir / "nx.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nx-27017 exited with {self.proc.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("nx-27017 did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def nx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NxServer]:
+    server = NxServer(tmp_path_factory.mktemp("nx27017"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(request: pytest.FixtureRequest) -> str:
+    """A MongoDB URL; each test gets its own database through ``AETHERION_MONGO_DB``-style
+    names chosen by the test (see ``mongo_db``)."""
+    given = os.environ.get("AETHERION_TEST_MONGO_URL")
+    if given:
+        return given
+    server: NxServer = request.getfixturevalue("nx_server")
+    return server.url
+
+
+@pytest.fixture
+def mongo_db() -> str:
+    return f"aeth_test_{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,180 @@
+"""The stores against real servers: SQLite, MariaDB/MySQL and a MongoDB wire-protocol server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect
+
+from aetherion.config import Settings
+from aetherion.domain import BUY, SELL, Bar, BookSnapshot, Features, Tick
+from aetherion.storage.market import MarketStore, MongoMarketStore, SqlMarketStore
+from aetherion.storage.migrate import upgrade
+from aetherion.storage.state import StateStore
+from aetherion.storage.writer import BufferedWriter
+
+TABLES = {
+    "system_state", "regime_state", "regime_transitions", "model_versions", "decisions",
+    "market_ticks", "market_candles", "market_features", "crypto_orderbook", "us_orderbook",
+    "nse_orderbook",
+}
+
+
+@pytest.fixture(params=["sqlite", "mysql", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MarketStore]:
+    if request.param == "mongo":
+        url = request.getfixturevalue("mongo_url")
+        mongo = await MongoMarketStore.open(url, request.getfixturevalue("mongo_db"))
+        yield mongo
+        await mongo.client.drop_database(mongo.db.name)
+        await mongo.close()
+        return
+    url = (f"sqlite+aiosqlite:///{tmp_path}/m.db" if request.param == "sqlite"
+           else request.getfixturevalue("mysql_url"))
+    state = await StateStore.open(url)
+    yield SqlMarketStore(state.engine)
+    await state.close()
+
+
+def bar(t: int, close: float = 10.0, revision: int = 0, tf: str = "1m") -> Bar:
+    return Bar("btc", tf, t, 9.0, 11.0, 8.5, close, 3.0, 2.0, 1.0, 4, True, revision, t, t + 1)
+
+
+async def test_migrations_from_empty_and_again(sql_url: str) -> None:
+    await upgrade(sql_url)
+    await upgrade(sql_url)  # a no-op the second time
+    state = await StateStore.open(sql_url)
+    async with state.engine.connect() as conn:
+        names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    await state.close()
+    assert TABLES <= names
+
+
+async def test_system_state_round_trip(sql_url: str) -> None:
+    state = await StateStore.open(sql_url)
+    assert await state.get_state("binance:btcusdt") is None
+    await state.set_state("binance:btcusdt", {"last_trade_id": 5})
+    await state.set_state("binance:btcusdt", {"last_trade_id": 7, "note": "é"})
+    assert await state.get_state("binance:btcusdt") == {"last_trade_id": 7, "note": "é"}
+    await state.close()
+
+
+async def test_ticks_idempotent_newest_first(store: MarketStore) -> None:
+    ticks = [Tick("btc", 1000 + i, 100.0 + i, 0.5, BUY if i % 2 else SELL, str(i), 7) for i in
+             range(10)]
+    await store.write_ticks(ticks[:6])
+    await store.write_ticks(ticks[4:])  # overlap: 4 and 5 again
+    got = await store.ticks("btc", 100)
+    assert [t.trade_id for t in got] == [str(i) for i in range(9, -1, -1)]
+    assert got[0] == ticks[9]
+    window = await store.ticks("btc", 3, since=1002, until=1007)
+    assert [t.ts for t in window] == [1007, 1006, 1005]
+    assert await store.ticks("eth", 10) == []
+
+
+async def test_bars_revision_rule(store: MarketStore) -> None:
+    await store.write_bars([bar(0), bar(60_000), bar(120_000, tf="5m")])
+    await store.write_bars([bar(60_000, close=12.0, revision=2)])
+    await store.write_bars([bar(60_000, close=99.0, revision=1)])  # older revision: ignored
+    await store.write_bars([bar(0)])  # a retry of the same write
+    got = await store.bars("btc", "1m", 10)
+    assert [b.open_time for b in got] == [60_000, 0]
+    assert got[0].close == 12.0 and got[0].revision == 2
+    assert got[1] == bar(0)
+    await store.write_bars([bar(60_000, close=13.0, revision=3)])
+    assert (await store.bars("btc", "1m", 1))[0].close == 13.0
+    assert [b.open_time for b in await store.bars("btc", "1m", 10, since=1, until=60_000)] == [
+        60_000]
+    assert [b.timeframe for b in await store.bars("btc", "5m", 10)] == ["5m"]
+
+
+async def test_features_first_write_wins(store: MarketStore) -> None:
+    f = Features("btc", "1m", 0, 10.0, None, None, None, None, None, 1.0, 1.0, 0.5,
+                 {"log_range": 0.1})
+    g = Features("btc", "1m", 60_000, 11.0, 0.0953, 2.0, 1.5, 0.01, 7.2, None, None, None,
+                 {"log_range": None})
+    await store.write_features([f, g])
+    await store.write_features([Features("btc", "1m", 0, 99.0)])
+    got = await store.features("btc", "1m", 10)
+    assert got == [g, f]
+
+
+async def test_books_by_venue(store: MarketStore) -> None:
+    b1 = BookSnapshot("nifty", 5, ((100.0, 1.0), (99.5, 2.0)), ((100.5, 1.5),), 42)
+    b2 = BookSnapshot("nifty", 6, ((101.0, 1.0),), ((101.5, 1.0),), None, "resyncing")
+    await store.write_books("nse", [b1, b2, b1])
+    assert await store.latest_book("nse", "nifty") == b2
+    assert await store.latest_book("crypto", "nifty") is None
+
+
+async def test_writer_batches_and_drains(store: MarketStore, tmp_path: Path) -> None:
+    settings = Settings(store_batch_size=7, store_flush_ms=10)
+    writer = BufferedWriter(store, settings, spool_dir=tmp_path / "spool")
+    writer.start()
+    ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(100)]
+    for i in range(0, 100, 9):
+        writer.put_ticks(ticks[i:i + 9])
+    writer.put_bars([bar(0)])
+    await writer.close()
+    assert writer.backlog == 0 and writer.written == 101
+    assert len(await store.ticks("btc", 1000)) == 100
+
+
+class FlakyStore:
+    """A real store behind a switch: while ``down`` every write fails as a dead server would."""
+
+    def __init__(self, inner: MarketStore) -> None:
+        self.inner, self.down, self.name = inner, True, "flaky"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not name.startswith("write_"):
+            return attr
+
+        async def write(*args: Any) -> None:
+            if self.down:
+                raise ConnectionError("store unreachable")
+            await attr(*args)
+        return write
+
+
+async def test_writer_survives_outage_and_spills(store: MarketStore, tmp_path: Path) -> None:
+    flaky = FlakyStore(store)
+    settings = Settings(store_batch_size=50, store_flush_ms=10, store_buffer_rows=100)
+    writer = BufferedWriter(flaky, settings, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
+    writer.start()
+    ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(1000)]
+    for i in range(0, 1000, 10):
+        writer.put_ticks(ticks[i:i + 10])
+        writer.put_bars([bar(i * 60_000)])
+    assert writer.spilled > 0 and writer.backlog <= 110  # memory stayed bounded
+    import asyncio
+    await asyncio.sleep(0.3)
+    assert writer.errors > 0
+    flaky.down = False
+    await writer.close()
+    got = await store.ticks("btc", 5000)
+    assert sorted(int(t.trade_id or 0) for t in got) == list(range(1000))  # none lost, no dupes
+    assert len(await store.bars("btc", "1m", 5000)) == 100
+    assert not list((tmp_path / "spool").rglob("*.jsonl"))
+
+
+async def test_writer_close_while_down_keeps_rows_for_next_start(
+    store: MarketStore, tmp_path: Path
+) -> None:
+    flaky = FlakyStore(store)
+    settings = Settings(store_batch_size=50, store_flush_ms=10)
+    spool = tmp_path / "spool"
+    writer = BufferedWriter(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    writer.start()
+    writer.put_ticks([Tick("btc", i, 1.0, 1.0, SELL, str(i)) for i in range(30)])
+    await writer.close(grace_s=0.3)
+    assert list(spool.rglob("*.jsonl"))
+    flaky.down = False
+    again = BufferedWriter(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    again.start()
+    await again.close()
+    assert len(await store.ticks("btc", 100)) == 30
