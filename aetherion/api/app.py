@@ -1,0 +1,48 @@
+"""The FastAPI application: its lifespan runs the :class:`~aetherion.pipeline.Runtime`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from aetherion import __version__
+from aetherion.api import market
+from aetherion.api.params import UnknownMarket
+from aetherion.config import Settings
+from aetherion.pipeline import Runtime
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="AETHERION", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+
+    @app.exception_handler(UnknownMarket)
+    async def unknown_market(request: Request, exc: UnknownMarket) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"unknown market {exc.market!r}", "known_markets": exc.known},
+            status_code=404,
+        )
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(market.router)
+    app.include_router(market.ws_router)
+    return app

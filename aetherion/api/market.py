@@ -1,0 +1,121 @@
+"""``/api/market/*`` and ``/ws/market``: latest values from memory, history from the store."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
+
+from aetherion.api.hub import encode
+from aetherion.api.params import HistoryDep, MarketDep, UnknownMarket, timeframe_of
+from aetherion.api.payloads import bar_json, book_json, features_json, tick_json
+from aetherion.api.schemas import (
+    CandlesOut,
+    FeaturesOut,
+    OrderbookOut,
+    SnapshotOut,
+    StatusOut,
+    TradesOut,
+)
+from aetherion.pipeline import Runtime
+
+__all__ = ["router", "ws_router"]
+
+router = APIRouter(prefix="/api/market", tags=["market"])
+ws_router = APIRouter()
+
+TimeframeQ = Annotated[str | None, Query(description="one of the configured timeframes")]
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+@router.get("/status", response_model=StatusOut)
+async def status(request: Request) -> dict[str, Any]:
+    rt = _rt(request)
+    markets = []
+    for m in rt.settings.markets:
+        stats = rt.markets[m.id].connector.stats.as_dict() if m.id in rt.markets else {}
+        markets.append({"id": m.id, "venue": m.venue, "connector": m.connector,
+                        "symbol": m.symbol, **stats})
+    return {"markets": markets, "stores": rt.store_status()}
+
+
+@router.get("/snapshot/{market}", response_model=SnapshotOut)
+async def snapshot(request: Request, m: MarketDep) -> dict[str, Any]:
+    return _rt(request).markets[m.id].snapshot()
+
+
+@router.get("/trades/{market}", response_model=TradesOut)
+async def trades(request: Request, m: MarketDep, h: HistoryDep) -> dict[str, Any]:
+    rows = await _rt(request).store.ticks(m.id, h.limit, h.since, h.until)
+    return {"market": m.id, "trades": [tick_json(t) for t in rows]}
+
+
+@router.get("/orderbook/{market}", response_model=OrderbookOut)
+async def orderbook(
+    request: Request, m: MarketDep,
+    depth: Annotated[int, Query(ge=1, le=1000, description="levels a side")] = 20,
+) -> dict[str, Any]:
+    rt = _rt(request)
+    book = rt.markets[m.id].book or await rt.store.latest_book(m.venue, m.id)
+    if book is None:
+        raise HTTPException(503, f"no order book received yet for {m.id}")
+    return book_json(book, depth)
+
+
+@router.get("/candles/{market}", response_model=CandlesOut)
+async def candles(
+    request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
+) -> dict[str, Any]:
+    tf = timeframe_of(request, timeframe)
+    rows = await _rt(request).store.bars(m.id, tf, h.limit, h.since, h.until)
+    return {"market": m.id, "timeframe": tf, "candles": [bar_json(b) for b in rows]}
+
+
+@router.get("/features/{market}", response_model=FeaturesOut)
+async def features(
+    request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
+) -> dict[str, Any]:
+    tf = timeframe_of(request, timeframe)
+    rows = await _rt(request).store.features(m.id, tf, h.limit, h.since, h.until)
+    return {"market": m.id, "timeframe": tf, "features": [features_json(f) for f in rows]}
+
+
+def parse_markets(ws: WebSocket, known: list[str]) -> frozenset[str] | None:
+    raw = ws.query_params.get("markets")
+    if not raw:
+        return None
+    wanted = frozenset(x.strip() for x in raw.split(",") if x.strip())
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise UnknownMarket(",".join(unknown), known)
+    return wanted
+
+
+async def serve_stream(ws: WebSocket, stream: str) -> None:
+    """Accept a client of ``stream``: snapshot per followed market first, then live messages."""
+    rt: Runtime = ws.app.state.runtime
+    known = list(rt.markets)
+    try:
+        markets = parse_markets(ws, known)
+    except UnknownMarket as e:
+        await ws.accept()
+        await ws.send_json({"type": "error", "market": None,
+                            "error": f"unknown market(s) {e.market}", "known_markets": known})
+        await ws.close(1008, "unknown market")
+        return
+    await ws.accept()
+
+    def first(wanted: frozenset[str] | None) -> list[str]:
+        return [encode("snapshot", mid, rt.markets[mid].snapshot())
+                for mid in known if wanted is None or mid in wanted]
+
+    await rt.hubs[stream].serve(ws, markets, first)
+
+
+@ws_router.websocket("/ws/market")
+async def ws_market(ws: WebSocket) -> None:
+    await serve_stream(ws, "market")

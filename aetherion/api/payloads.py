@@ -1,0 +1,45 @@
+"""Domain events as the JSON objects of the REST API and the WebSocket streams (DESIGN shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aetherion.domain import Bar, BookSnapshot, Features, Tick, side_name
+
+__all__ = ["bar_json", "book_json", "features_json", "tick_json"]
+
+
+def tick_json(t: Tick) -> dict[str, Any]:
+    return {
+        "ts": t.ts, "price": t.price, "size": t.size, "side": side_name(t.side),
+        "trade_id": t.trade_id, "side_inferred": t.side_inferred,
+    }
+
+
+def bar_json(b: Bar) -> dict[str, Any]:
+    return {
+        "market": b.market, "timeframe": b.timeframe, "open_time": b.open_time,
+        "close_time": b.close_time, "open": b.open, "high": b.high, "low": b.low,
+        "close": b.close, "volume": b.volume,
+        "buy_volume": b.buy_volume if b.sided else None,
+        "sell_volume": b.sell_volume if b.sided else None,
+        "trade_count": b.trade_count, "closed": b.closed, "revision": b.revision,
+    }
+
+
+def book_json(b: BookSnapshot, depth: int | None = None) -> dict[str, Any]:
+    return {
+        "market": b.market, "ts": b.ts, "sequence": b.sequence, "state": b.state,
+        "bids": [list(lv) for lv in b.bids[:depth]],
+        "asks": [list(lv) for lv in b.asks[:depth]],
+    }
+
+
+def features_json(f: Features) -> dict[str, Any]:
+    return {
+        "market": f.market, "timeframe": f.timeframe, "open_time": f.open_time,
+        "close": f.close, "log_return": f.log_return, "true_range": f.true_range,
+        "atr": f.atr, "volatility": f.volatility, "volatility_ann": f.volatility_ann,
+        "volume_delta": f.volume_delta, "cum_volume_delta": f.cum_volume_delta,
+        "norm_volume_delta": f.norm_volume_delta, **f.extra,
+    }

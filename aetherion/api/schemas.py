@@ -1,0 +1,119 @@
+"""The API's response types (they document ``/docs``; the shapes are DESIGN's)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "BarOut", "CandlesOut", "FeaturesOut", "FeaturesRowOut", "LatencyOut", "MarketStatusOut",
+    "OrderbookOut", "SnapshotOut", "StatusOut", "TradeOut", "TradesOut",
+]
+
+
+class BarOut(BaseModel):
+    market: str
+    timeframe: str
+    open_time: int
+    close_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    buy_volume: float | None
+    sell_volume: float | None
+    trade_count: int
+    closed: bool
+    revision: int
+
+
+class CandlesOut(BaseModel):
+    market: str
+    timeframe: str
+    candles: list[BarOut]
+
+
+class TradeOut(BaseModel):
+    ts: int
+    price: float
+    size: float
+    side: str
+    trade_id: str | None
+    side_inferred: bool = False
+
+
+class TradesOut(BaseModel):
+    market: str
+    trades: list[TradeOut]
+
+
+class OrderbookOut(BaseModel):
+    market: str
+    ts: int
+    sequence: int | None
+    state: str
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class FeaturesRowOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # regime inputs ride along by name
+
+    market: str
+    timeframe: str
+    open_time: int
+    close: float
+    log_return: float | None
+    true_range: float | None
+    atr: float | None
+    volatility: float | None
+    volatility_ann: float | None
+    volume_delta: float | None
+    cum_volume_delta: float | None
+    norm_volume_delta: float | None
+
+
+class FeaturesOut(BaseModel):
+    market: str
+    timeframe: str
+    features: list[FeaturesRowOut]
+
+
+class SnapshotOut(BaseModel):
+    market: str
+    venue: str
+    ts: int | None
+    price: float | None
+    bid: float | None
+    ask: float | None
+    bars: dict[str, BarOut | None]
+    regime: str
+    confidence: float | None
+    strategy: str | None
+
+
+class LatencyOut(BaseModel):
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+class MarketStatusOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    venue: str
+    connector: str
+    symbol: str
+    state: str
+    msg_rate: float
+    last_message_age_s: float | None
+    reconnects: int
+    gaps_detected: int
+    gaps_filled: int
+    latency_ms: dict[str, LatencyOut]
+
+
+class StatusOut(BaseModel):
+    markets: list[MarketStatusOut]
+    stores: dict[str, object]

@@ -1,0 +1,154 @@
+"""End to end: the real server as a subprocess on a free port, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(env: dict[str, str], log: Path) -> Iterator[str]:
+    port = free_port()
+    full = {**os.environ, "AETHERION_LOG_FORMAT": "json", **env}
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aetherion", "run", "--port", str(port)],
+            env=full, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, f"server exit status {rc}:\n{log.read_text()[-3000:]}"
+
+
+async def collect(base: str, markets: str, seconds: float) -> list[dict[str, Any]]:
+    url = base.replace("http", "ws") + f"/ws/market?markets={markets}"
+    out: list[dict[str, Any]] = []
+    async with connect(url) as ws:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                out.append(json.loads(await asyncio.wait_for(ws.recv(), left)))
+            except TimeoutError:
+                break
+    return out
+
+
+def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
+    env = {"AETHERION_TIMEFRAMES": "1s,5s", "AETHERION_SIM_RATE": "40", **env}
+    log = tmp_path / "server.log"
+    with server(env, log) as base:
+        msgs = asyncio.run(collect(base, "btcusdt,nifty", 4.5))
+        assert msgs[0]["type"] == "snapshot" and msgs[1]["type"] == "snapshot"
+        assert {m["market"] for m in msgs[:2]} == {"btcusdt", "nifty"}
+        assert {m["market"] for m in msgs} == {"btcusdt", "nifty"}  # spy filtered out
+        ticks = [m for m in msgs if m["type"] == "tick"]
+        assert len(ticks) > 40 and all(t["side"] in ("buy", "sell") for t in ticks)
+        closed = [m for m in msgs if m["type"] == "bar" and m["closed"]
+                  and m["market"] == "btcusdt" and m["timeframe"] == "1s"]
+        assert len(closed) >= 2
+        assert any(m["type"] == "bar" and not m["closed"] for m in msgs)
+        assert any(m["type"] == "features" for m in msgs)
+        time.sleep(0.6)  # one writer flush
+        got = httpx.get(f"{base}/api/market/candles/btcusdt",
+                        params={"timeframe": "1s", "limit": 50}).json()
+        stored = {c["open_time"]: c for c in got["candles"]}
+        opens = [c["open_time"] for c in got["candles"]]
+        assert opens == sorted(opens, reverse=True)
+        for bar in closed:
+            row = stored[bar["open_time"]]
+            for k in ("open", "high", "low", "close", "volume", "buy_volume", "trade_count"):
+                assert row[k] == pytest.approx(bar[k], rel=1e-12), k
+        five = httpx.get(f"{base}/api/market/candles/btcusdt", params={"timeframe": "5s"}).json()
+        assert all(c["timeframe"] == "5s" and c["open_time"] % 5000 == 0 for c in five["candles"])
+
+        snap = httpx.get(f"{base}/api/market/snapshot/btcusdt").json()
+        assert snap["price"] > 0 and snap["bid"] < snap["ask"] and set(snap["bars"]) == {"1s", "5s"}
+        book = httpx.get(f"{base}/api/market/orderbook/nifty", params={"depth": 5}).json()
+        assert len(book["bids"]) == 5 and book["bids"][0][0] > book["bids"][1][0]
+        trades = httpx.get(f"{base}/api/market/trades/spy", params={"limit": 10}).json()
+        assert len(trades["trades"]) == 10
+        status = httpx.get(f"{base}/api/market/status").json()
+        assert [m["id"] for m in status["markets"]] == ["btcusdt", "spy", "nifty"]
+        assert all(m["state"] == "live" and m["msg_rate"] > 0 for m in status["markets"])
+
+        r = httpx.get(f"{base}/api/market/candles/nope")
+        assert r.status_code == 404 and r.json()["known_markets"] == ["btcusdt", "spy", "nifty"]
+        assert httpx.get(f"{base}/api/market/candles/spy", params={"timeframe": "7m"}
+                         ).status_code == 422
+        assert httpx.get(f"{base}/api/market/trades/spy", params={"since": "yesterday"}
+                         ).status_code == 422
+        assert httpx.get(f"{base}/api/market/trades/spy", params={"limit": 0}).status_code == 422
+        before = stored
+    # Restart: the history is still there, and the new process adds to it.
+    with server(env, log) as base:
+        got = httpx.get(f"{base}/api/market/candles/btcusdt",
+                        params={"timeframe": "1s", "limit": 5000}).json()
+        after = {c["open_time"]: c for c in got["candles"]}
+        assert set(before) <= set(after)
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(min(before) / 1000))
+        since = httpx.get(f"{base}/api/market/candles/btcusdt",
+                          params={"timeframe": "1s", "since": iso, "until": max(before)}).json()
+        assert {c["open_time"] for c in since["candles"]} >= set(before)
+
+
+def test_embedded_default(tmp_path: Path) -> None:
+    run_e2e({"AETHERION_SQL_URL": f"sqlite+aiosqlite:///{tmp_path}/a.db"}, tmp_path)
+
+
+def test_mysql_and_mongo(tmp_path: Path, mysql_url: str, mongo_url: str) -> None:
+    run_e2e({"AETHERION_SQL_URL": mysql_url, "AETHERION_MONGO_URL": mongo_url}, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "value", "expect"), [
+    ("AETHERION_PORT", "eighty", "AETHERION_PORT"),
+    ("AETHERION_TIMEFRAMES", "1m,7m", "AETHERION_TIMEFRAMES"),
+    ("AETHERION_MARKETS", '[{"id": "a b", "venue": "crypto", "connector": "simulator",'
+     ' "symbol": "X"}]', "AETHERION_MARKETS[0][id]"),
+    ("AETHERION_SQL_URL", "postgres://x", "AETHERION_SQL_URL"),
+])
+def test_bad_setting_is_one_line(name: str, value: str, expect: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "aetherion", "run"], env={**os.environ, name: value},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr, r.stderr

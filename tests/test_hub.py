@@ -1,0 +1,120 @@
+"""The WebSocket hub over real sockets: snapshot first, filtering, and dropping a slow client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import connect
+
+from aetherion.api.hub import Hub, encode
+from aetherion.api.params import parse_time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Hub, str]]:
+    hub = Hub("market", queue_size=50)
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def ws(sock: WebSocket) -> None:
+        await sock.accept()
+        raw = sock.query_params.get("markets")
+        wanted = frozenset(raw.split(",")) if raw else None
+        await hub.serve(sock, wanted, lambda w: [
+            encode("snapshot", m, {}) for m in ("a", "b") if w is None or m in w])
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="off",
+                                           timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield hub, f"ws://127.0.0.1:{port}/ws"
+    server.should_exit = True
+    await task
+
+
+async def wait_clients(hub: Hub, n: int) -> None:
+    for _ in range(500):
+        if hub.client_count == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{hub.client_count} clients, expected {n}")
+
+
+async def test_snapshot_first_then_filtered_stream(served: tuple[Hub, str]) -> None:
+    hub, url = served
+    async with connect(url + "?markets=b") as ws:
+        await wait_clients(hub, 1)
+        assert json.loads(await ws.recv()) == {"type": "snapshot", "market": "b"}
+        hub.publish("a", encode("tick", "a", {"price": 1.0}))
+        hub.publish("b", encode("tick", "b", {"price": 2.0}))
+        assert json.loads(await ws.recv()) == {"type": "tick", "market": "b", "price": 2.0}
+    await wait_clients(hub, 0)
+
+
+async def test_slow_client_dropped_fast_one_kept(served: tuple[Hub, str]) -> None:
+    hub, url = served
+    port = int(url.split(":")[2].split("/")[0])
+    # The slow client: a raw socket with a tiny receive buffer that completes the handshake and
+    # then never reads.
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", port))
+    try:
+        await _drop_slow(hub, url, slow)
+    finally:
+        slow.close()
+
+
+async def _drop_slow(hub: Hub, url: str, slow: socket.socket) -> None:
+    slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    async with connect(url) as fast:
+        await wait_clients(hub, 2)
+        pad = "x" * 20_000
+        received = 0
+
+        async def read_fast() -> None:
+            nonlocal received
+            while True:
+                received += json.loads(await fast.recv())["type"] == "tick"
+
+        reader = asyncio.create_task(read_fast())
+        sent = 0
+        while hub.dropped_clients == 0 and sent < 5_000:
+            hub.publish("a", encode("tick", "a", {"i": sent, "pad": pad}))
+            sent += 1
+            await asyncio.sleep(0.0005)
+        assert hub.dropped_clients == 1
+        await wait_clients(hub, 1)
+        for _ in range(1000):
+            if received == sent:
+                break
+            await asyncio.sleep(0.01)
+        reader.cancel()
+        assert received == sent  # the fast client lost nothing
+
+
+@pytest.mark.parametrize(("raw", "ms"), [
+    ("1732442400123", 1732442400123),
+    ("2024-11-24T10:00:00Z", 1732442400000),
+    ("2024-11-24T10:00:00", 1732442400000),
+    ("2024-11-24T11:00:00+01:00", 1732442400000),
+])
+def test_parse_time(raw: str, ms: int) -> None:
+    assert parse_time("since", raw) == ms
