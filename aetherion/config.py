@@ -81,10 +81,12 @@ class Settings(BaseSettings):
     # simulator
     sim_rate: float = Field(default=50.0, gt=0, le=100_000, description="trades/s per market")
     sim_seed: int = 7
-    sim_history_bars: int = Field(default=600, ge=0, le=100_000)
     sim_regime_seconds: float = Field(default=1800.0, gt=0, description="mean calm-regime stay")
 
     # candle engine
+    history_bars: int = Field(
+        default=600, ge=0, le=100_000,
+        description="closed bars per timeframe fetched from the venue at start to warm up")
     bar_grace_ms: int = Field(default=500, ge=0, le=60_000)
 
     # stores

@@ -20,7 +20,7 @@ import structlog
 from aetherion.api.hub import Hub, encode
 from aetherion.api.payloads import bar_json, features_json, tick_json
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import Bar, BookSnapshot, Features, Tick
+from aetherion.domain import Bar, BookSnapshot, Features, Tick, timeframe_ms
 from aetherion.features.candles import CandleEngine
 from aetherion.features.engine import FeatureEngine
 from aetherion.ingest.base import Checkpoints, Connector, Outbox
@@ -42,6 +42,8 @@ class Sink(Protocol):
     def ticks(self, market: MarketConfig, ticks: Sequence[Tick]) -> None: ...
 
     def bar(self, market: MarketConfig, bar: Bar) -> None: ...
+
+    def history_bar(self, market: MarketConfig, bar: Bar) -> None: ...
 
     def features(self, market: MarketConfig, f: Features) -> None: ...
 
@@ -68,17 +70,32 @@ class MarketPipeline:
     def flush(self) -> None:
         self._bars(self.candles.flush())
 
+    def warm(self, timeframe: str, bars: Sequence[Bar]) -> None:
+        """Closed bars from the venue's history (oldest first), before any live trade: they set
+        up the features (and the regime model's training window) as if they had been seen."""
+        fe = self.features[timeframe]
+        for bar in bars:
+            if fe.last_open_time is not None and bar.open_time <= fe.last_open_time:
+                continue
+            self.sink.history_bar(self.market, bar)
+            self.last_closed[timeframe] = bar
+            f = fe.on_bar(bar)
+            self.last_features[timeframe] = f
+            self.sink.features(self.market, f)
+
     def _bars(self, bars: list[Bar]) -> None:
         if not bars:
             return
         closes: dict[int, list[tuple[Bar, Features]]] = {}
         for bar in bars:
             self.sink.bar(self.market, bar)
-            if bar.revision:
-                self.features[bar.timeframe].on_revision(bar)
+            fe = self.features[bar.timeframe]
+            if bar.revision or (fe.last_open_time is not None
+                                and bar.open_time <= fe.last_open_time):
+                fe.on_revision(bar)  # a revision, or a bar older than one already seen
                 continue
             self.last_closed[bar.timeframe] = bar
-            f = self.features[bar.timeframe].on_bar(bar)
+            f = fe.on_bar(bar)
             self.last_features[bar.timeframe] = f
             self.sink.features(self.market, f)
             closes.setdefault(bar.close_time, []).append((bar, f))
@@ -208,6 +225,9 @@ class Runtime:
         self.writer.put_bars([bar])
         self.hubs["market"].publish(market.id, encode("bar", market.id, bar_json(bar)))
 
+    def history_bar(self, market: MarketConfig, bar: Bar) -> None:
+        self.writer.put_history_bars([bar])
+
     def features(self, market: MarketConfig, f: Features) -> None:
         self.writer.put_features([f])
         self.hubs["market"].publish(market.id, encode("features", market.id, features_json(f)))
@@ -243,12 +263,30 @@ class Runtime:
         for m in s.markets:
             live = LiveMarket(m, s, make_connector(m, s, self.state), self)
             self.markets[m.id] = live
+            await self._warm(live)
             live.tasks = [
                 asyncio.create_task(self._guard(m, live.connector.run(live.queue), "connector")),
                 asyncio.create_task(self._guard(m, live.process(self.book), "pipeline")),
                 asyncio.create_task(self._guard(m, live.clock(self._publish_open), "clock")),
             ]
             log.info("market started", market=m.id, venue=m.venue, connector=m.connector)
+
+    async def _warm(self, live: LiveMarket) -> None:
+        """Warm each timeframe up with the venue's recent history (best effort)."""
+        n = self.settings.history_bars
+        if not n:
+            return
+        now = time.time_ns() // 1_000_000
+        for tf in live.pipeline.candles.timeframes:
+            try:
+                bars = await live.connector.history(tf, n, now - now % timeframe_ms(tf))
+            except Exception as e:  # a venue without history still runs, just colder
+                log.warning("history unavailable", market=live.market.id, timeframe=tf,
+                            error=str(e) or type(e).__name__)
+                continue
+            live.pipeline.warm(tf, bars)
+            log.info("warmed up from history", market=live.market.id, timeframe=tf,
+                     bars=len(bars))
 
     async def _guard(self, market: MarketConfig, coro: Any, stage: str) -> None:
         """Run one market task; a crash is logged with the market, never silent."""

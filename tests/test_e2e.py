@@ -88,10 +88,14 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         assert len(closed) >= 2
         assert any(m["type"] == "bar" and not m["closed"] for m in msgs)
         assert any(m["type"] == "features" for m in msgs)
-        time.sleep(0.6)  # one writer flush
-        got = httpx.get(f"{base}/api/market/candles/btcusdt",
-                        params={"timeframe": "1s", "limit": 50}).json()
-        stored = {c["open_time"]: c for c in got["candles"]}
+        deadline = time.monotonic() + 15  # the writer flushes in batches, off the hot path
+        while True:
+            got = httpx.get(f"{base}/api/market/candles/btcusdt",
+                            params={"timeframe": "1s", "limit": 50}).json()
+            stored = {c["open_time"]: c for c in got["candles"]}
+            if all(b["open_time"] in stored for b in closed) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         opens = [c["open_time"] for c in got["candles"]]
         assert opens == sorted(opens, reverse=True)
         for bar in closed:
@@ -101,6 +105,10 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         five = httpx.get(f"{base}/api/market/candles/btcusdt", params={"timeframe": "5s"}).json()
         assert all(c["timeframe"] == "5s" and c["open_time"] % 5000 == 0 for c in five["candles"])
 
+        for tf in ("1s", "5s"):  # history warm-up: ATR and volatility from the start
+            feats = httpx.get(f"{base}/api/market/features/spy", params={"timeframe": tf}).json()
+            assert len(feats["features"]) == 100
+            assert all(f["atr"] > 0 and f["volatility"] > 0 for f in feats["features"])
         snap = httpx.get(f"{base}/api/market/snapshot/btcusdt").json()
         assert snap["price"] > 0 and snap["bid"] < snap["ask"] and set(snap["bars"]) == {"1s", "5s"}
         book = httpx.get(f"{base}/api/market/orderbook/nifty", params={"depth": 5}).json()

@@ -178,3 +178,12 @@ async def test_writer_close_while_down_keeps_rows_for_next_start(
     again.start()
     await again.close()
     assert len(await store.ticks("btc", 100)) == 30
+
+
+async def test_history_bars_never_replace_recorded_ones(store: MarketStore) -> None:
+    await store.write_bars([bar(0, close=10.0)])
+    await store.write_bars([bar(0, close=1.0), bar(60_000, close=2.0)], keep_existing=True)
+    got = await store.bars("btc", "1m", 10)
+    assert [(b.open_time, b.close) for b in got] == [(60_000, 2.0), (0, 10.0)]
+    await store.write_bars([bar(60_000, close=3.0)])  # a recorded bar replaces a history bar
+    assert (await store.bars("btc", "1m", 1))[0].close == 3.0

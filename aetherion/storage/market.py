@@ -33,7 +33,7 @@ class MarketStore(Protocol):
     name: str
 
     async def write_ticks(self, ticks: list[Tick]) -> None: ...
-    async def write_bars(self, bars: list[Bar]) -> None: ...
+    async def write_bars(self, bars: list[Bar], keep_existing: bool = False) -> None: ...
     async def write_features(self, rows: list[Features]) -> None: ...
     async def write_books(self, venue: str, books: list[BookSnapshot]) -> None: ...
     async def ticks(self, market: str, limit: int, since: int | None = None,
@@ -117,6 +117,7 @@ class SqlMarketStore:
         self._ticks = insert_ignore(engine, s.market_ticks)
         self._bars = upsert_if(engine, s.market_candles,
                                ["market", "timeframe", "open_time"], "revision")
+        self._history_bars = insert_ignore(engine, s.market_candles)
         self._features = insert_ignore(engine, s.market_features)
         self._books = {v: insert_ignore(engine, t) for v, t in s.BOOK_TABLES.items()}
 
@@ -128,8 +129,10 @@ class SqlMarketStore:
     async def write_ticks(self, ticks: list[Tick]) -> None:
         await self._write(self._ticks, [tick_row(t) for t in ticks])
 
-    async def write_bars(self, bars: list[Bar]) -> None:
-        await self._write(self._bars, [bar_row(b) for b in bars])
+    async def write_bars(self, bars: list[Bar], keep_existing: bool = False) -> None:
+        """``keep_existing``: bars from a venue's history never replace recorded ones."""
+        stmt = self._history_bars if keep_existing else self._bars
+        await self._write(stmt, [bar_row(b) for b in bars])
 
     async def write_features(self, rows: list[Features]) -> None:
         await self._write(self._features, [feature_row(f) for f in rows])
@@ -229,14 +232,18 @@ class MongoMarketStore:
     async def write_ticks(self, ticks: list[Tick]) -> None:
         await self._insert("market_ticks", [tick_row(t) for t in ticks])
 
-    async def write_bars(self, bars: list[Bar]) -> None:
+    async def write_bars(self, bars: list[Bar], keep_existing: bool = False) -> None:
         if not bars:
             return
         ops = []
         for b in bars:
             row = bar_row(b)
-            key = {"market": b.market, "timeframe": b.timeframe, "open_time": b.open_time,
-                   "revision": {"$lte": b.revision}}
+            key: dict[str, Any] = {"market": b.market, "timeframe": b.timeframe,
+                                   "open_time": b.open_time}
+            if keep_existing:
+                ops.append(UpdateOne(key, {"$setOnInsert": row}, upsert=True))
+                continue
+            key["revision"] = {"$lte": b.revision}
             ops.append(UpdateOne(key, {"$set": row}, upsert=True))
         try:
             await self.db["market_candles"].bulk_write(ops, ordered=False)

@@ -30,7 +30,7 @@ __all__ = ["BufferedWriter"]
 log = structlog.get_logger(__name__)
 
 _TYPES: dict[str, type[Any]] = {
-    "ticks": Tick, "bars": Bar, "features": Features,
+    "ticks": Tick, "bars": Bar, "history_bars": Bar, "features": Features,
     **{f"books:{v}": BookSnapshot for v in ("crypto", "us", "nse")},
 }
 
@@ -59,6 +59,10 @@ class BufferedWriter:
 
     def put_bars(self, rows: list[Bar]) -> None:
         self._put("bars", rows)
+
+    def put_history_bars(self, rows: list[Bar]) -> None:
+        """Bars from a venue's history: stored only where nothing was recorded."""
+        self._put("history_bars", rows)
 
     def put_features(self, rows: list[Features]) -> None:
         self._put("features", rows)
@@ -140,6 +144,11 @@ class BufferedWriter:
                 self.written += n
 
     def _write(self, kind: str) -> Callable[[list[Any]], Coroutine[Any, Any, None]]:
+        if kind == "history_bars":
+
+            async def history(rows: list[Any]) -> None:
+                await self.store.write_bars(rows, keep_existing=True)
+            return history
         if kind.startswith("books:"):
             venue = kind.split(":", 1)[1]
 
