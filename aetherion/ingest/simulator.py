@@ -6,8 +6,8 @@ jumps). Aggressor flow leans with the drift. Everything a market produces is a f
 and the times it is asked about, so a seed reproduces the same prices, sizes and sides.
 
 Parameters are per minute of market time; ``regime_seconds`` is the mean stay in a calm regime
-(turbulence is shorter). History for model bootstrapping is drawn from the same process at bar
-resolution, with stays of about ``HISTORY_STAY_BARS`` bars so every timeframe has regimes to find.
+(turbulence is shorter). History for warming up is drawn from the same process, minute by minute,
+and sampled at the timeframe.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from aetherion.ingest.base import Checkpoints, Connector, Outbox
 
 __all__ = ["REGIME_PARAMS", "SimulatedMarket", "SimulatorConnector"]
 
-HISTORY_STAY_BARS = 40
 BOOK_LEVELS = 20
 BOOK_INTERVAL_S = 0.25
 STEP_S = 0.05
@@ -85,12 +84,16 @@ class SimulatedMarket:
 
     def _step(self, dt_s: float) -> float:
         """Advance the latent price by ``dt_s`` seconds; returns the log-return."""
+        if dt_s > 60.0:  # long steps (history bars) go minute by minute, switching on time
+            n = math.ceil(dt_s / 60.0)
+            return sum(self._step(dt_s / n) for _ in range(n))
         self._regime_left_s -= dt_s
         if self._regime_left_s <= 0:
             self._switch()
         r = REGIME_PARAMS[self.regime]
         m = dt_s / 60.0
-        ret = (r.drift - r.pull * (self.log_price - self.anchor)) * m
+        # exact mean reversion over the step, stable for any step length (1h history bars too)
+        ret = r.drift * m - (1.0 - math.exp(-r.pull * m)) * (self.log_price - self.anchor)
         ret += self._rng.gauss(0.0, r.vol * self._scale * math.sqrt(m))
         if r.jump_rate and self._rng.random() < r.jump_rate * m:
             ret += self._rng.gauss(0.0, r.jump_size)
@@ -139,8 +142,9 @@ class SimulatedMarket:
     def history(self, timeframe: str, limit: int, end_ms: int) -> list[Bar]:
         """``limit`` bars of ``timeframe`` ending before ``end_ms``, from a separate stream."""
         ms = TIMEFRAME_MS[timeframe]
+        # The same process as live (same regime stays), sampled at the timeframe.
         sim = SimulatedMarket(self.market_id + "/" + timeframe, "", 1.0, self._rng.randrange(2**31),
-                              regime_seconds=HISTORY_STAY_BARS * ms / 1000)
+                              regime_seconds=self._regime_seconds)
         sim._scale, sim.log_price, sim.anchor = self._scale, self.log_price, self.log_price
         start = end_ms - end_ms % ms - limit * ms
         closes = []
