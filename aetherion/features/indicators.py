@@ -15,8 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "SECONDS_PER_YEAR", "annualization", "atr", "log_returns", "rolling_volatility", "true_range",
-    "volume_delta",
+    "SECONDS_PER_YEAR", "annualization", "atr", "log_returns", "momentum", "rolling_volatility",
+    "true_range", "volume_delta",
 ]
 
 F = NDArray[np.float64]
@@ -64,6 +64,17 @@ def log_returns(close: ArrayLike) -> F:
     out = np.full(c.shape, np.nan)
     if c.size > 1:
         out[1:] = np.log(c[1:] / c[:-1])
+    return out
+
+
+def momentum(close: ArrayLike, window: int = 120) -> F:
+    """ln(close_t / close_{t-window}), first at index ``window``."""
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    c = _f(close)
+    out = np.full(c.shape, np.nan)
+    if c.size > window:
+        out[window:] = np.log(c[window:] / c[:-window])
     return out
 
 
