@@ -89,6 +89,19 @@ class Settings(BaseSettings):
         description="closed bars per timeframe fetched from the venue at start to warm up")
     bar_grace_ms: int = Field(default=500, ge=0, le=60_000)
 
+    # regime model (docs/regime.md)
+    regime_window: int = Field(default=500, ge=50, le=500, description="training window, bars")
+    regime_min_bars: int = Field(default=200, ge=50, le=500,
+                                 description="valid bars before the first model")
+    regime_retrain_bars: int = Field(default=250, ge=1, description="bars between retrains")
+    regime_restarts: int = Field(default=4, ge=1, le=50)
+    regime_n_iter: int = Field(default=100, ge=5, le=10_000)
+    regime_seed: int = 7
+    regime_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
+    regime_k: int = Field(default=3, ge=1, le=1000)
+    regime_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="timeframe:weight,...; unset: 1, 2, 3... by rank")
+
     # stores
     store_batch_size: int = Field(default=500, ge=1, le=100_000)
     store_flush_ms: int = Field(default=250, ge=10, le=60_000)
@@ -105,6 +118,24 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown timeframe(s) {unknown}; known: {', '.join(TIMEFRAME_MS)}")
         return tuple(sorted(set(items), key=TIMEFRAME_MS.__getitem__))
+
+    @field_validator("regime_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        out: dict[str, float] = {}
+        for item in filter(None, (x.strip() for x in v.split(","))):
+            tf, _, w = item.partition(":")
+            if tf not in TIMEFRAME_MS:
+                raise ValueError(f"unknown timeframe {tf!r} in {item!r}")
+            try:
+                out[tf] = float(w)
+            except ValueError:
+                raise ValueError(f"{item!r} is not timeframe:weight") from None
+            if out[tf] < 0:
+                raise ValueError(f"negative weight in {item!r}")
+        return out
 
     @field_validator("markets", mode="before")
     @classmethod
@@ -140,6 +171,12 @@ class Settings(BaseSettings):
         if v is not None and not v.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         return v or None
+
+    def weight(self, timeframe: str) -> float:
+        """Fusion weight of a timeframe: configured, else its rank (1 for the finest)."""
+        if self.regime_weights:
+            return self.regime_weights.get(timeframe, 0.0)
+        return float(self.timeframes.index(timeframe) + 1)
 
     @property
     def finest_timeframe(self) -> str:

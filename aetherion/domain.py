@@ -8,7 +8,7 @@ unless a field name says otherwise (``recv_ns`` is epoch nanoseconds).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "BUY",
@@ -21,6 +21,7 @@ __all__ = [
     "Bar",
     "BookSnapshot",
     "Features",
+    "ModelVersion",
     "RegimeUpdate",
     "Tick",
     "Transition",
@@ -173,3 +174,21 @@ class Transition:
     from_strategy: str | None = None
     to_strategy: str | None = None
     cause: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ModelVersion:
+    """One training attempt, as ``model_versions`` stores it."""
+
+    market: str
+    timeframe: str
+    version: int
+    effective_from: int
+    trained_at: int
+    train_start: int
+    train_end: int
+    n_obs: int
+    loglik: float | None
+    params: dict[str, Any]
+    status: str  # "active" | "rejected"
+    reason: str

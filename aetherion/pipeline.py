@@ -11,26 +11,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
 import structlog
 
 from aetherion.api.hub import Hub, encode
-from aetherion.api.payloads import bar_json, features_json, tick_json
+from aetherion.api.payloads import (
+    bar_json,
+    features_json,
+    regime_json,
+    tick_json,
+    transition_json,
+)
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import Bar, BookSnapshot, Features, Tick, timeframe_ms
+from aetherion.domain import (
+    Bar,
+    BookSnapshot,
+    Features,
+    ModelVersion,
+    RegimeUpdate,
+    Tick,
+    Transition,
+    timeframe_ms,
+)
 from aetherion.features.candles import CandleEngine
 from aetherion.features.engine import FeatureEngine
-from aetherion.ingest.base import Checkpoints, Connector, Outbox
+from aetherion.ingest.base import Checkpoints, Connector, LatencyWindow, Outbox
+from aetherion.regime.engine import RegimeEngine
+from aetherion.regime.model import FitResult, TrainRequest, fit
 
 __all__ = [
-    "CONNECTORS", "LiveMarket", "MarketPipeline", "Runtime", "Sink", "make_connector", "preflight",
+    "CONNECTORS", "ListSink", "LiveMarket", "MarketPipeline", "Runtime", "Sink", "Trainer",
+    "make_connector", "preflight", "train_inline",
 ]
 
 log = structlog.get_logger(__name__)
 
+LAG_PROBE_S = 0.05
 CLOCK_S = 0.1  # how often quiet markets get their bars closed
 OPEN_BAR_EVERY = 5  # clock steps between open-bar broadcasts (0.5 s)
 QUEUE_BATCHES = 1024  # connector → pipeline queue bound (batches, not ticks)
@@ -47,18 +68,71 @@ class Sink(Protocol):
 
     def features(self, market: MarketConfig, f: Features) -> None: ...
 
+    def regime(self, market: MarketConfig, u: RegimeUpdate) -> None: ...
+
+    def transition(self, market: MarketConfig, t: Transition) -> None: ...
+
+    def model(self, market: MarketConfig, mv: ModelVersion) -> None: ...
+
+
+class ListSink:
+    """Keeps every event in lists (replay, tests); ticks are counted, not kept."""
+
+    def __init__(self) -> None:
+        self.n_ticks = 0
+        self.bars: list[Bar] = []
+        self.history_bars: list[Bar] = []
+        self.features_: list[Features] = []
+        self.regimes: list[RegimeUpdate] = []
+        self.transitions: list[Transition] = []
+        self.models: list[ModelVersion] = []
+
+    def ticks(self, market: MarketConfig, ticks: Sequence[Tick]) -> None:
+        self.n_ticks += len(ticks)
+
+    def bar(self, market: MarketConfig, bar: Bar) -> None:
+        self.bars.append(bar)
+
+    def history_bar(self, market: MarketConfig, bar: Bar) -> None:
+        self.history_bars.append(bar)
+
+    def features(self, market: MarketConfig, f: Features) -> None:
+        self.features_.append(f)
+
+    def regime(self, market: MarketConfig, u: RegimeUpdate) -> None:
+        self.regimes.append(u)
+
+    def transition(self, market: MarketConfig, t: Transition) -> None:
+        self.transitions.append(t)
+
+    def model(self, market: MarketConfig, mv: ModelVersion) -> None:
+        self.models.append(mv)
+
+
+#: Runs a training request somewhere and hands the result to ``pipeline.install``.
+Trainer = Callable[["MarketPipeline", TrainRequest], None]
+
+
+def train_inline(pipeline: MarketPipeline, req: TrainRequest) -> None:
+    """Fit at once (replay, tests): the model takes effect from the next bar."""
+    pipeline.install(fit(req))
+
 
 class MarketPipeline:
     """The synchronous chain of one market. Bars with ``revision > 0`` are stored and shown but
     never re-run through features, regime or decision (those stay what was known then)."""
 
-    def __init__(self, market: MarketConfig, settings: Settings, sink: Sink) -> None:
+    def __init__(self, market: MarketConfig, settings: Settings, sink: Sink,
+                 trainer: Trainer = train_inline) -> None:
         self.market = market
         self.sink = sink
+        self.trainer = trainer
         self.candles = CandleEngine(market.id, settings.timeframes, settings.bar_grace_ms)
         self.features = {tf: FeatureEngine(market.id, tf) for tf in settings.timeframes}
+        self.regime = RegimeEngine(market.id, self.candles.timeframes, settings)
         self.last_closed: dict[str, Bar] = {}
         self.last_features: dict[str, Features] = {}
+        self.event_ms = 0  # close time of the latest bars fed through (event time)
 
     def on_ticks(self, ticks: Sequence[Tick]) -> None:
         self.sink.ticks(self.market, ticks)
@@ -70,18 +144,34 @@ class MarketPipeline:
     def flush(self) -> None:
         self._bars(self.candles.flush())
 
-    def warm(self, timeframe: str, bars: Sequence[Bar]) -> None:
-        """Closed bars from the venue's history (oldest first), before any live trade: they set
-        up the features (and the regime model's training window) as if they had been seen."""
-        fe = self.features[timeframe]
-        for bar in bars:
-            if fe.last_open_time is not None and bar.open_time <= fe.last_open_time:
-                continue
-            self.sink.history_bar(self.market, bar)
-            self.last_closed[timeframe] = bar
-            f = fe.on_bar(bar)
-            self.last_features[timeframe] = f
-            self.sink.features(self.market, f)
+    def warm(self, history: dict[str, Sequence[Bar]]) -> None:
+        """Closed bars from the venue's history (oldest first per timeframe), before any live
+        trade: they set features and the regime filters up as if they had been seen, and the
+        first models train on them."""
+        for tf, bars in history.items():
+            fe = self.features[tf]
+            for bar in bars:
+                if fe.last_open_time is not None and bar.open_time <= fe.last_open_time:
+                    continue
+                self.sink.history_bar(self.market, bar)
+                self.last_closed[tf] = bar
+                f = fe.on_bar(bar)
+                self.last_features[tf] = f
+                self.sink.features(self.market, f)
+                self.regime.on_features(f, schedule=False)
+                self.event_ms = max(self.event_ms, bar.close_time)
+        self.regime.end_warm_up()
+        self._train()
+
+    def install(self, result: FitResult) -> ModelVersion:
+        """A finished fit: in force from the next bar after what has been fed so far."""
+        mv = self.regime.install(result, self.event_ms)
+        self.sink.model(self.market, mv)
+        return mv
+
+    def _train(self) -> None:
+        for req in self.regime.training_due():
+            self.trainer(self, req)
 
     def _bars(self, bars: list[Bar]) -> None:
         if not bars:
@@ -104,6 +194,16 @@ class MarketPipeline:
 
     def _on_close(self, close_time: int, group: list[tuple[Bar, Features]]) -> None:
         """Every timeframe whose bar closed at ``close_time`` has been fed its features."""
+        for _, f in group:
+            u = self.regime.on_features(f)
+            if u is not None:
+                self.sink.regime(self.market, u)
+        fused, transition = self.regime.fuse(close_time)
+        self.sink.regime(self.market, fused)
+        if transition is not None:
+            self.sink.transition(self.market, transition)
+        self.event_ms = max(self.event_ms, close_time)
+        self._train()
 
 
 # ---- connectors ---------------------------------------------------------------------------
@@ -141,31 +241,36 @@ class LiveMarket:
     """One market live: connector → bounded queue → pipeline; the latest values in memory."""
 
     def __init__(self, market: MarketConfig, settings: Settings, connector: Connector,
-                 sink: Sink) -> None:
+                 sink: Sink, trainer: Trainer) -> None:
         self.market = market
         self.connector = connector
-        self.pipeline = MarketPipeline(market, settings, sink)
+        self.pipeline = MarketPipeline(market, settings, sink, trainer)
         self.queue: Outbox = asyncio.Queue(QUEUE_BATCHES)
         self.last_tick: Tick | None = None
         self.book: BookSnapshot | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
     def snapshot(self) -> dict[str, Any]:
-        """Last price, best bid/ask, the latest bar per timeframe (open if one is building)."""
+        """Last price, best bid/ask, the latest bar per timeframe (open if one is building),
+        and the fused regime with its confidence and the active strategy."""
         bars: dict[str, Any] = {}
         for tf in self.pipeline.candles.timeframes:
             bar = self.pipeline.candles.current(tf) or self.pipeline.last_closed.get(tf)
             bars[tf] = bar_json(bar) if bar else None
         book, tick = self.book, self.last_tick
+        fused = self.pipeline.regime.last_fused
         return {
             "market": self.market.id, "venue": self.market.venue,
             "ts": tick.ts if tick else None, "price": tick.price if tick else None,
             "bid": book.bids[0][0] if book and book.bids else None,
             "ask": book.asks[0][0] if book and book.asks else None,
-            "bars": bars, "regime": "unknown", "confidence": None, "strategy": None,
+            "bars": bars,
+            "regime": fused.regime if fused else "unknown",
+            "confidence": fused.confidence if fused else 0.0,
+            "strategy": fused.strategy if fused else None,
         }
 
-    async def process(self, on_book: Any) -> None:
+    async def process(self, on_book: Callable[[MarketConfig, BookSnapshot], None]) -> None:
         stats = self.connector.stats
         while True:
             item = await self.queue.get()
@@ -183,7 +288,7 @@ class LiveMarket:
                 stats.receive_to_processed.add((now_ns - last.recv_ns) / 1e6)
                 stats.exchange_to_receive.add(last.recv_ns / 1e6 - last.ts)
 
-    async def clock(self, publish_open: Any) -> None:
+    async def clock(self, publish_open: Callable[[Bar], None]) -> None:
         step = 0
         seen: dict[str, tuple[int, int]] = {}
         while True:
@@ -210,59 +315,112 @@ class Runtime:
         self.hubs = {name: Hub(name) for name in ("market", "regime", "decision")}
         self.markets: dict[str, LiveMarket] = {}
         self.started_ms = 0
-        self._stores: Any = None
+        self.loop_lag = LatencyWindow(600)
+        self._pool: ProcessPoolExecutor | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # Sink ------------------------------------------------------------------------------------
 
     def ticks(self, market: MarketConfig, ticks: Sequence[Tick]) -> None:
-        self.writer.put_ticks(list(ticks))
+        self.writer.put("ticks", list(ticks))
         hub = self.hubs["market"]
         if hub.client_count:
             for t in ticks:
                 hub.publish(market.id, encode("tick", market.id, tick_json(t)))
 
     def bar(self, market: MarketConfig, bar: Bar) -> None:
-        self.writer.put_bars([bar])
+        self.writer.put("bars", [bar])
         self.hubs["market"].publish(market.id, encode("bar", market.id, bar_json(bar)))
 
     def history_bar(self, market: MarketConfig, bar: Bar) -> None:
-        self.writer.put_history_bars([bar])
+        self.writer.put("history_bars", [bar])
 
     def features(self, market: MarketConfig, f: Features) -> None:
-        self.writer.put_features([f])
+        self.writer.put("features", [f])
         self.hubs["market"].publish(market.id, encode("features", market.id, features_json(f)))
 
+    def regime(self, market: MarketConfig, u: RegimeUpdate) -> None:
+        self.state_writer.put("regimes", [u])
+        self.hubs["regime"].publish(market.id, encode("regime", market.id, regime_json(u)))
+
+    def transition(self, market: MarketConfig, t: Transition) -> None:
+        self.state_writer.put("transitions", [t])
+        self.hubs["regime"].publish(market.id, encode("transition", market.id,
+                                                      transition_json(t)))
+        log.info("regime transition", market=market.id, regime=t.to_regime,
+                 strategy=t.to_strategy, cause=t.cause)
+
+    def model(self, market: MarketConfig, mv: ModelVersion) -> None:
+        self.state_writer.put("models", [mv])
+        log.info("regime model trained", market=market.id, timeframe=mv.timeframe,
+                 version=mv.version, status=mv.status, reason=mv.reason, n_obs=mv.n_obs,
+                 effective_from=mv.effective_from)
+
     def book(self, market: MarketConfig, book: BookSnapshot) -> None:
-        self.writer.put_books(market.venue, [book])
+        self.writer.put(f"books:{market.venue}", [book])
 
     def _publish_open(self, bar: Bar) -> None:
         self.hubs["market"].publish(bar.market, encode("bar", bar.market, bar_json(bar)))
 
     def store_status(self) -> dict[str, object]:
-        writer = getattr(self, "writer", None)
-        return {
+        out: dict[str, object] = {
             "sql": self.settings.sql_url.split("://", 1)[0],
             "market_store": "mongodb" if self.settings.mongo_url else "sql",
-            "backlog": writer.backlog if writer else 0,
-            "errors": writer.errors if writer else 0,
         }
+        for name in ("writer", "state_writer"):
+            w = getattr(self, name, None)
+            if w is not None:
+                out[w.name] = {"backlog": w.backlog, "errors": w.errors, "spilled": w.spilled}
+        out["event_loop_lag_ms"] = self.loop_lag.summary()
+        return out
+
+    # training in a worker process -------------------------------------------------------------
+
+    def _train(self, pipeline: MarketPipeline, req: TrainRequest) -> None:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, fit, req)
+        self._background.add(fut)
+
+        def done(f: asyncio.Future[FitResult]) -> None:
+            self._background.discard(f)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("regime training failed", market=req.market, timeframe=req.timeframe,
+                          error=str(exc) or type(exc).__name__)
+                pipeline.install(FitResult(req, False, f"training failed: {exc}"))
+                return
+            pipeline.install(f.result())
+
+        fut.add_done_callback(done)
 
     # start / stop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         from aetherion.storage.market import open_market_store
         from aetherion.storage.state import StateStore
-        from aetherion.storage.writer import BufferedWriter
+        from aetherion.storage.writer import BufferedWriter, state_kinds
 
         s = self.settings
         self.state = await StateStore.open(s.sql_url)
         self.store = await open_market_store(s, self.state.engine)
-        self.writer = BufferedWriter(self.store, s)
+        self.writer = BufferedWriter.for_market(self.store, s)
+        self.state_writer = BufferedWriter("state", state_kinds(self.state), s)
         self.writer.start()
+        self.state_writer.start()
+        self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
         self.started_ms = time.time_ns() // 1_000_000
         for m in s.markets:
-            live = LiveMarket(m, s, make_connector(m, s, self.state), self)
+            live = LiveMarket(m, s, make_connector(m, s, self.state), self, self._train)
             self.markets[m.id] = live
+            for tf, mv in (await self.state.latest_models(m.id)).items():
+                if tf in live.pipeline.regime.tracks:
+                    live.pipeline.regime.restore(tf, mv.params, mv.version)
+                    log.info("regime model reused", market=m.id, timeframe=tf,
+                             version=mv.version)
             await self._warm(live)
             live.tasks = [
                 asyncio.create_task(self._guard(m, live.connector.run(live.queue), "connector")),
@@ -274,19 +432,24 @@ class Runtime:
     async def _warm(self, live: LiveMarket) -> None:
         """Warm each timeframe up with the venue's recent history (best effort)."""
         n = self.settings.history_bars
-        if not n:
-            return
+        history: dict[str, Sequence[Bar]] = {}
         now = time.time_ns() // 1_000_000
-        for tf in live.pipeline.candles.timeframes:
+        for tf in live.pipeline.candles.timeframes if n else ():
             try:
-                bars = await live.connector.history(tf, n, now - now % timeframe_ms(tf))
+                history[tf] = await live.connector.history(tf, n, now - now % timeframe_ms(tf))
             except Exception as e:  # a venue without history still runs, just colder
                 log.warning("history unavailable", market=live.market.id, timeframe=tf,
                             error=str(e) or type(e).__name__)
-                continue
-            live.pipeline.warm(tf, bars)
-            log.info("warmed up from history", market=live.market.id, timeframe=tf,
-                     bars=len(bars))
+        live.pipeline.warm(history)
+        log.info("warmed up from history", market=live.market.id,
+                 bars={tf: len(b) for tf, b in history.items()})
+
+    async def _watch_loop_lag(self) -> None:
+        """How late the event loop wakes up: the responsiveness everyone else sees."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.loop_lag.add(max(0.0, (time.perf_counter() - t0 - LAG_PROBE_S) * 1000))
 
     async def _guard(self, market: MarketConfig, coro: Any, stage: str) -> None:
         """Run one market task; a crash is logged with the market, never silent."""
@@ -313,13 +476,15 @@ class Runtime:
                 if isinstance(item, list) and item:
                     live.pipeline.on_ticks(item)
             live.pipeline.on_clock(time.time_ns() // 1_000_000)
-        for t in tasks:
+        for t in [*tasks, *self._tasks]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if hasattr(self, "writer"):
-            await self.writer.close()
-        if hasattr(self, "store"):
-            await self.store.close()
-        if hasattr(self, "state"):
-            await self.state.close()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            for f in list(self._background):
+                f.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for name in ("writer", "state_writer", "store", "state"):
+            part = getattr(self, name, None)
+            if part is not None:
+                await part.close()
         log.info("stopped")

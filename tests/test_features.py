@@ -15,7 +15,7 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, Features, Tick
 from aetherion.features import (
     FeatureEngine,
@@ -26,7 +26,7 @@ from aetherion.features import (
     true_range,
     volume_delta,
 )
-from aetherion.pipeline import MarketPipeline
+from aetherion.pipeline import ListSink, MarketPipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IND = DATA / "indicators"
@@ -211,18 +211,10 @@ def test_state_round_trip_continues_exactly() -> None:
 
 def test_each_timeframe_has_its_own_state(tmp_path: Path) -> None:
     """Through the pipeline: 5s features are computed from 5s bars, not from 1s bars."""
-    got: list[Features] = []
-    closed: list[Bar] = []
-
-    class Sink:
-        def ticks(self, market: MarketConfig, ticks: object) -> None: ...
-        def bar(self, market: MarketConfig, bar: Bar) -> None:
-            closed.append(bar)
-        def features(self, market: MarketConfig, f: Features) -> None:
-            got.append(f)
-
+    sink = ListSink()
     s = Settings(timeframes="1s,5s")  # type: ignore[arg-type]
-    pipe = MarketPipeline(s.markets[0], s, Sink())
+    pipe = MarketPipeline(s.markets[0], s, sink)
+    closed, got = sink.bars, sink.features_
     rng = np.random.default_rng(3)
     price = 100.0
     ticks = []

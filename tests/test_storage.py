@@ -112,12 +112,12 @@ async def test_books_by_venue(store: MarketStore) -> None:
 
 async def test_writer_batches_and_drains(store: MarketStore, tmp_path: Path) -> None:
     settings = Settings(store_batch_size=7, store_flush_ms=10)
-    writer = BufferedWriter(store, settings, spool_dir=tmp_path / "spool")
+    writer = BufferedWriter.for_market(store, settings, spool_dir=tmp_path / "spool")
     writer.start()
     ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(100)]
     for i in range(0, 100, 9):
-        writer.put_ticks(ticks[i:i + 9])
-    writer.put_bars([bar(0)])
+        writer.put("ticks", ticks[i:i + 9])
+    writer.put("bars", [bar(0)])
     await writer.close()
     assert writer.backlog == 0 and writer.written == 101
     assert len(await store.ticks("btc", 1000)) == 100
@@ -144,12 +144,12 @@ class FlakyStore:
 async def test_writer_survives_outage_and_spills(store: MarketStore, tmp_path: Path) -> None:
     flaky = FlakyStore(store)
     settings = Settings(store_batch_size=50, store_flush_ms=10, store_buffer_rows=100)
-    writer = BufferedWriter(flaky, settings, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
+    writer = BufferedWriter.for_market(flaky, settings, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
     writer.start()
     ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(1000)]
     for i in range(0, 1000, 10):
-        writer.put_ticks(ticks[i:i + 10])
-        writer.put_bars([bar(i * 60_000)])
+        writer.put("ticks", ticks[i:i + 10])
+        writer.put("bars", [bar(i * 60_000)])
     assert writer.spilled > 0 and writer.backlog <= 110  # memory stayed bounded
     import asyncio
     await asyncio.sleep(0.3)
@@ -168,13 +168,13 @@ async def test_writer_close_while_down_keeps_rows_for_next_start(
     flaky = FlakyStore(store)
     settings = Settings(store_batch_size=50, store_flush_ms=10)
     spool = tmp_path / "spool"
-    writer = BufferedWriter(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    writer = BufferedWriter.for_market(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
     writer.start()
-    writer.put_ticks([Tick("btc", i, 1.0, 1.0, SELL, str(i)) for i in range(30)])
+    writer.put("ticks", [Tick("btc", i, 1.0, 1.0, SELL, str(i)) for i in range(30)])
     await writer.close(grace_s=0.3)
     assert list(spool.rglob("*.jsonl"))
     flaky.down = False
-    again = BufferedWriter(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    again = BufferedWriter.for_market(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
     again.start()
     await again.close()
     assert len(await store.ticks("btc", 100)) == 30

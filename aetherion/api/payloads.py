@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from aetherion.domain import Bar, BookSnapshot, Features, Tick, side_name
+from aetherion.domain import Bar, BookSnapshot, Features, RegimeUpdate, Tick, Transition, side_name
 
-__all__ = ["bar_json", "book_json", "features_json", "tick_json"]
+__all__ = [
+    "bar_json", "book_json", "features_json", "regime_json", "tick_json", "transition_json",
+]
 
 
 def tick_json(t: Tick) -> dict[str, Any]:
@@ -42,4 +44,21 @@ def features_json(f: Features) -> dict[str, Any]:
         "atr": f.atr, "volatility": f.volatility, "volatility_ann": f.volatility_ann,
         "volume_delta": f.volume_delta, "cum_volume_delta": f.cum_volume_delta,
         "norm_volume_delta": f.norm_volume_delta, **f.extra,
+    }
+
+
+def regime_json(u: RegimeUpdate) -> dict[str, Any]:
+    return {
+        "market": u.market, "timeframe": u.timeframe, "open_time": u.open_time,
+        "regime_raw": u.regime_raw, "regime": u.regime, "confidence": u.confidence,
+        "probs": u.probs, "model_version": u.model_version, "strategy": u.strategy,
+        "contributions": u.contributions,
+    }
+
+
+def transition_json(t: Transition) -> dict[str, Any]:
+    return {
+        "market": t.market, "timeframe": t.timeframe, "open_time": t.open_time,
+        "from_regime": t.from_regime, "to_regime": t.to_regime, "confidence": t.confidence,
+        "from_strategy": t.from_strategy, "to_strategy": t.to_strategy, "cause": t.cause,
     }

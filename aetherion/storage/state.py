@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aetherion.domain import RegimeUpdate, Transition
+from aetherion.domain import ModelVersion, RegimeUpdate, Transition
 from aetherion.storage import schema as s
 from aetherion.storage.migrate import upgrade_engine
 from aetherion.storage.sql import insert_ignore, make_engine
@@ -81,6 +81,46 @@ class StateStore:
         } for t in transitions]
         async with self.engine.begin() as conn:
             await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
+
+    async def write_models(self, versions: list[ModelVersion]) -> None:
+        rows = [{
+            "market": v.market, "timeframe": v.timeframe, "version": v.version,
+            "effective_from": v.effective_from, "trained_at": v.trained_at,
+            "train_start": v.train_start, "train_end": v.train_end, "n_obs": v.n_obs,
+            "loglik": v.loglik, "params": v.params, "status": v.status, "reason": v.reason[:255],
+        } for v in versions]
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert_ignore(self.engine, s.model_versions), rows)
+
+    async def models(self, market: str | None = None, timeframe: str | None = None,
+                     limit: int = 100) -> list[ModelVersion]:
+        """Model versions, newest first."""
+        t = s.model_versions
+        q = select(t)
+        if market is not None:
+            q = q.where(t.c.market == market)
+        if timeframe is not None:
+            q = q.where(t.c.timeframe == timeframe)
+        q = q.order_by(t.c.trained_at.desc(), t.c.version.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(q))
+        return [ModelVersion(**{k: r._mapping[k] for k in ModelVersion.__slots__})
+                for r in rows]
+
+    async def latest_models(self, market: str) -> dict[str, ModelVersion]:
+        """The newest active model per timeframe (what a restart reuses)."""
+        t = s.model_versions
+        q = (select(t).where(t.c.market == market, t.c.status == "active")
+             .order_by(t.c.version.desc()))
+        out: dict[str, ModelVersion] = {}
+        async with self.engine.connect() as conn:
+            for r in await conn.execute(q):
+                m = r._mapping
+                if m["timeframe"] not in out:
+                    out[m["timeframe"]] = ModelVersion(
+                        **{k: m[k] for k in ModelVersion.__slots__})
+        return out
 
     async def regime_history(
         self, market: str, timeframe: str, limit: int,

@@ -22,28 +22,62 @@ import msgspec
 import structlog
 
 from aetherion.config import Settings
-from aetherion.domain import Bar, BookSnapshot, Features, Tick
+from aetherion.domain import (
+    Bar,
+    BookSnapshot,
+    Features,
+    ModelVersion,
+    RegimeUpdate,
+    Tick,
+    Transition,
+)
 from aetherion.storage.market import MarketStore
+from aetherion.storage.state import StateStore
 
-__all__ = ["BufferedWriter"]
+__all__ = ["BufferedWriter", "market_kinds", "state_kinds"]
 
 log = structlog.get_logger(__name__)
 
-_TYPES: dict[str, type[Any]] = {
-    "ticks": Tick, "bars": Bar, "history_bars": Bar, "features": Features,
-    **{f"books:{v}": BookSnapshot for v in ("crypto", "us", "nse")},
-}
+Write = Callable[[list[Any]], Coroutine[Any, Any, Any]]
+
+
+def market_kinds(store: MarketStore) -> dict[str, tuple[type[Any], Write]]:
+    """What the market store takes, by kind: the row type (for the journal) and the write."""
+
+    def books(venue: str) -> Write:
+        return lambda rows: store.write_books(venue, rows)
+
+    async def history(rows: list[Any]) -> None:
+        await store.write_bars(rows, keep_existing=True)
+
+    return {
+        "ticks": (Tick, store.write_ticks), "bars": (Bar, store.write_bars),
+        "history_bars": (Bar, history), "features": (Features, store.write_features),
+        **{f"books:{v}": (BookSnapshot, books(v)) for v in ("crypto", "us", "nse")},
+    }
+
+
+def state_kinds(state: StateStore) -> dict[str, tuple[type[Any], Write]]:
+    """What the state store takes through a writer (decisions are added by their stage)."""
+    return {
+        "models": (ModelVersion, state.write_models),
+        "regimes": (RegimeUpdate, state.write_regimes),
+        "transitions": (Transition, state.write_transitions),
+    }
 
 
 class BufferedWriter:
-    def __init__(self, store: MarketStore, settings: Settings,
+    """``kinds``: kind → (row type, async write of a batch). Kinds are written in this order."""
+
+    def __init__(self, name: str, kinds: dict[str, tuple[type[Any], Write]], settings: Settings,
                  spool_dir: Path | str = "var/spool") -> None:
-        self.store = store
+        self.name = name
+        self.kinds = kinds
         self.batch = settings.store_batch_size
         self.flush_s = settings.store_flush_ms / 1000
         self.bound = settings.store_buffer_rows
-        self.spool = Path(spool_dir) / store.name
-        self._queues: dict[str, deque[Any]] = {k: deque() for k in _TYPES}
+        self.spool = Path(spool_dir) / name
+        self._queues: dict[str, deque[Any]] = {k: deque() for k in kinds}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -52,25 +86,14 @@ class BufferedWriter:
         self.written = 0
         self.spilled = 0
 
+    @classmethod
+    def for_market(cls, store: MarketStore, settings: Settings,
+                   spool_dir: Path | str = "var/spool") -> BufferedWriter:
+        return cls("market", market_kinds(store), settings, spool_dir)
+
     # ---- the pipeline's side: never waits --------------------------------------------------
 
-    def put_ticks(self, rows: list[Tick]) -> None:
-        self._put("ticks", rows)
-
-    def put_bars(self, rows: list[Bar]) -> None:
-        self._put("bars", rows)
-
-    def put_history_bars(self, rows: list[Bar]) -> None:
-        """Bars from a venue's history: stored only where nothing was recorded."""
-        self._put("history_bars", rows)
-
-    def put_features(self, rows: list[Features]) -> None:
-        self._put("features", rows)
-
-    def put_books(self, venue: str, rows: list[BookSnapshot]) -> None:
-        self._put(f"books:{venue}", rows)
-
-    def _put(self, kind: str, rows: list[Any]) -> None:
+    def put(self, kind: str, rows: list[Any]) -> None:
         q = self._queues[kind]
         q.extend(rows)
         if len(q) >= self.batch:
@@ -124,11 +147,11 @@ class BufferedWriter:
                 if not self._down:
                     self._down = True
                     log.warning("market store write failed; buffering and retrying",
-                                store=self.store.name, error=str(e) or type(e).__name__)
+                                store=self.name, error=str(e) or type(e).__name__)
                 continue
             if self._down:
                 self._down = False
-                log.info("market store writes recovered", store=self.store.name)
+                log.info("market store writes recovered", store=self.name)
             delay = 0.0
             if self._closing and not self.backlog and not self._spool_files():
                 return
@@ -143,21 +166,8 @@ class BufferedWriter:
                     q.popleft()
                 self.written += n
 
-    def _write(self, kind: str) -> Callable[[list[Any]], Coroutine[Any, Any, None]]:
-        if kind == "history_bars":
-
-            async def history(rows: list[Any]) -> None:
-                await self.store.write_bars(rows, keep_existing=True)
-            return history
-        if kind.startswith("books:"):
-            venue = kind.split(":", 1)[1]
-
-            async def books(rows: list[Any]) -> None:
-                await self.store.write_books(venue, rows)
-            return books
-        fn: Callable[[list[Any]], Coroutine[Any, Any, None]] = getattr(
-            self.store, f"write_{kind}")
-        return fn
+    def _write(self, kind: str) -> Write:
+        return self.kinds[kind][1]
 
     # ---- spill journal ----------------------------------------------------------------------
 
@@ -181,7 +191,7 @@ class BufferedWriter:
             f.flush()
             os.fsync(f.fileno())
         self.spilled += moved
-        log.warning("market store backlog spilled to disk", store=self.store.name,
+        log.warning("market store backlog spilled to disk", store=self.name,
                     rows=moved, file=str(path))
 
     async def _unspool(self) -> None:
@@ -191,8 +201,8 @@ class BufferedWriter:
                 return
             for line in path.read_bytes().splitlines():
                 kind = msgspec.json.decode(line)[0]
-                _, rows = msgspec.json.decode(
-                    line, type=tuple[str, list[_TYPES[kind]]])  # type: ignore[valid-type]
+                row_type: Any = list.__class_getitem__(self.kinds[kind][0])
+                _, rows = msgspec.json.decode(line, type=tuple[str, row_type])
                 await self._write(kind)(rows)
                 self.written += len(rows)
             path.unlink()

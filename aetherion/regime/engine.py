@@ -1,0 +1,256 @@
+"""The regime engine of one market: per-timeframe filters, stability, fusion, strategy.
+
+Synchronous and free of I/O: live and replay drive it the same way. Training is asked for
+(``training_due``) and handed back (``install``) so the caller decides where it runs (a worker
+process live, inline in a replay); a model takes effect from the first bar whose open time is at or
+after its ``effective_from``, so what the engine says at bar t depends only on bars up to t.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aetherion.config import Settings
+from aetherion.domain import (
+    REGIMES,
+    TIMEFRAME_MS,
+    Features,
+    ModelVersion,
+    RegimeUpdate,
+    Transition,
+)
+from aetherion.regime.model import (
+    BASE_INPUTS,
+    INPUTS,
+    FitResult,
+    RegimeModel,
+    TrainRequest,
+    observation,
+)
+
+__all__ = ["STRATEGY_OF", "RegimeEngine", "Stability"]
+
+UNKNOWN = "unknown"
+#: The active strategy of each stable regime.
+STRATEGY_OF = {"bull": "trend_long", "bear": "trend_short", "sideways": "mean_reversion",
+               "crisis": "risk_off"}
+RETRY_BARS = 25  # bars before another try when a first fit was rejected
+REFILTER_BARS = 50  # a new model's filter starts by running over this many past observations
+ALL_INPUTS = tuple(INPUTS)
+
+
+class Stability:
+    """Accept a change of regime only when the new regime is the most probable with probability
+    >= ``threshold`` for ``k`` consecutive bars."""
+
+    def __init__(self, threshold: float, k: int) -> None:
+        self.threshold, self.k = threshold, k
+        self.stable = UNKNOWN
+        self.candidate: str | None = None
+        self.count = 0
+
+    def step(self, probs: dict[str, float]) -> tuple[str, bool]:
+        """Returns (raw regime, whether the stable regime changed)."""
+        raw = max(REGIMES, key=probs.__getitem__)
+        if raw != self.stable and probs[raw] >= self.threshold:
+            self.count = self.count + 1 if raw == self.candidate else 1
+            self.candidate = raw
+            if self.count >= self.k:
+                self.stable, self.candidate, self.count = raw, None, 0
+                return raw, True
+        else:
+            self.candidate, self.count = None, 0
+        return raw, False
+
+
+@dataclass
+class _Track:
+    """One timeframe's state."""
+
+    timeframe: str
+    window: int
+    stability: Stability
+    history: deque[tuple[int, tuple[float | None, ...]]] = field(init=False)
+    model: RegimeModel | None = None
+    version: int = 0  # active model's version (0: none)
+    attempts: int = 0
+    pending: tuple[RegimeModel, int, int] | None = None  # model, effective_from, version
+    log_alpha: Any = None
+    probs: dict[str, float] | None = None
+    valid: int = 0  # valid observations seen
+    since_request: int = 0
+    requested: bool = False
+    retry_at: int = 0  # after a rejected first fit, try again once ``valid`` reaches this
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.window)
+
+
+class RegimeEngine:
+    def __init__(self, market: str, timeframes: Sequence[str], settings: Settings) -> None:
+        self.market = market
+        self.s = settings
+        self.timeframes = tuple(timeframes)
+        self.finest_ms = TIMEFRAME_MS[self.timeframes[0]]
+        self.tracks = {
+            tf: _Track(tf, settings.regime_window,
+                       Stability(settings.regime_threshold, settings.regime_k))
+            for tf in self.timeframes
+        }
+        self.fused = Stability(settings.regime_threshold, settings.regime_k)
+        self.strategy: str | None = None
+        self.last_fused: RegimeUpdate | None = None
+        self._due: list[TrainRequest] = []
+
+    # ---- per timeframe ----------------------------------------------------------------------
+
+    def on_features(self, f: Features, schedule: bool = True) -> RegimeUpdate | None:
+        """One closed bar's features; the timeframe's filtered regime (None without a model or
+        while its inputs warm up). ``schedule`` False (history warm-up) asks for no training."""
+        t = self.tracks[f.timeframe]
+        if t.pending is not None and f.open_time >= t.pending[1]:
+            self._activate(t, *t.pending)
+        vals = tuple(INPUTS[name](f) for name in ALL_INPUTS)
+        t.history.append((f.open_time, vals))
+        if observation(f, BASE_INPUTS) is not None:
+            t.valid += 1
+            t.since_request += 1
+            if schedule:
+                self._maybe_request(t)
+        if t.model is None:
+            return None
+        x = observation(f, t.model.inputs)
+        if x is None:
+            return None
+        t.log_alpha = t.model.filter_step(t.log_alpha, t.model.standardize(x))
+        probs = t.model.regime_probs(t.log_alpha)
+        t.probs = probs
+        raw, _ = t.stability.step(probs)
+        stable = t.stability.stable
+        return RegimeUpdate(
+            self.market, f.timeframe, f.open_time, raw, stable,
+            probs.get(stable, 0.0), probs, t.version, STRATEGY_OF.get(stable),
+        )
+
+    def end_warm_up(self) -> None:
+        """After history warm-up: ask for a first model where there is none."""
+        for t in self.tracks.values():
+            self._maybe_request(t)
+
+    def _maybe_request(self, t: _Track) -> None:
+        if t.requested:
+            return
+        first = (t.model is None and t.pending is None and t.valid >= self.s.regime_min_bars
+                 and t.valid >= t.retry_at)
+        again = t.model is not None and t.since_request >= self.s.regime_retrain_bars
+        if first or again:
+            req = self._request(t)
+            if req is not None:
+                self._due.append(req)
+                t.requested = True
+                t.since_request = 0
+
+    def _request(self, t: _Track) -> TrainRequest | None:
+        base = [ALL_INPUTS.index(n) for n in BASE_INPUTS]
+        rows = [(ot, v) for ot, v in t.history if all(v[i] is not None for i in base)]
+        if not rows:
+            return None
+        nvd = ALL_INPUTS.index("norm_volume_delta")
+        sided = all(v[nvd] is not None for _, v in rows)
+        inputs = (*BASE_INPUTS, "norm_volume_delta") if sided else BASE_INPUTS
+        idx = [ALL_INPUTS.index(n) for n in inputs]
+        obs = [tuple(float(v[i]) for i in idx) for _, v in rows]  # type: ignore[arg-type]
+        return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
+                            self.s.regime_seed, self.s.regime_restarts, self.s.regime_n_iter)
+
+    def training_due(self) -> list[TrainRequest]:
+        due, self._due = self._due, []
+        return due
+
+    def install(self, result: FitResult, effective_from: int) -> ModelVersion:
+        """Hand back a fit; an accepted model takes effect from ``effective_from``."""
+        req = result.request
+        t = self.tracks[req.timeframe]
+        t.requested = False
+        t.attempts = max(t.attempts, t.version) + 1
+        version = t.attempts
+        if result.ok:
+            t.pending = (RegimeModel(result.params), effective_from, version)
+        else:
+            t.retry_at = t.valid + RETRY_BARS
+        return ModelVersion(
+            self.market, req.timeframe, version, effective_from, time.time_ns() // 1_000_000,
+            req.train_start, req.train_end, len(req.obs), result.loglik, result.params,
+            "active" if result.ok else "rejected", result.reason,
+        )
+
+    def restore(self, timeframe: str, params: dict[str, Any], version: int) -> None:
+        """Reuse a stored model (a restart): in force from the next bar."""
+        t = self.tracks[timeframe]
+        t.pending = (RegimeModel(params), 0, version)
+        t.attempts = max(t.attempts, version)
+        t.since_request = 0
+
+    def _activate(self, t: _Track, model: RegimeModel, _: int, version: int) -> None:
+        t.model, t.version, t.pending = model, version, None
+        # Start the new model's filter from the recent past, so it does not start cold.
+        t.log_alpha = None
+        for _, vals in list(t.history)[-REFILTER_BARS:]:
+            x = tuple(vals[ALL_INPUTS.index(n)] for n in model.inputs)
+            if all(v is not None for v in x):
+                z = model.standardize(x)  # type: ignore[arg-type]
+                t.log_alpha = model.filter_step(t.log_alpha, z)
+
+    # ---- fused ------------------------------------------------------------------------------
+
+    def fuse(self, close_time: int) -> tuple[RegimeUpdate, Transition | None]:
+        """The market's regime after every timeframe closing at ``close_time`` was fed."""
+        total = 0.0
+        acc = np.zeros(len(REGIMES))
+        contributions: dict[str, dict[str, float]] = {}
+        for tf, t in self.tracks.items():
+            w = self.s.weight(tf)
+            if t.probs is None or w <= 0:
+                continue
+            p = np.array([t.probs[r] for r in REGIMES])
+            acc += w * p
+            total += w
+            contributions[tf] = {"weight": w, "version": float(t.version),
+                                 **{r: float(x) for r, x in zip(REGIMES, p, strict=True)}}
+        open_time = close_time - self.finest_ms
+        finest = self.tracks[self.timeframes[0]]
+        if not total:
+            upd = RegimeUpdate(self.market, "fused", open_time, UNKNOWN, UNKNOWN, 0.0,
+                               dict.fromkeys(REGIMES, 0.0), None, None, {})
+            self.last_fused = upd
+            return upd, None
+        probs = {r: float(x) / total for r, x in zip(REGIMES, acc, strict=True)}
+        for c in contributions.values():
+            c["weight"] /= total
+        before = self.fused.stable
+        raw, changed = self.fused.step(probs)
+        stable = self.fused.stable
+        strategy = STRATEGY_OF.get(stable)
+        upd = RegimeUpdate(self.market, "fused", open_time, raw, stable, probs.get(stable, 0.0),
+                           probs, finest.version or None, strategy, contributions)
+        self.last_fused = upd
+        transition = None
+        if changed:
+            parts = ", ".join(f"{tf} {_top(c)} {c[_top(c)]:.2f}"
+                              for tf, c in contributions.items())
+            cause = (f"{stable} held p>={self.s.regime_threshold} for {self.s.regime_k} bars "
+                     f"(p={probs[stable]:.2f}; {parts})")
+            transition = Transition(self.market, "fused", open_time, before, stable,
+                                    probs[stable], self.strategy, strategy, cause[:255])
+            self.strategy = strategy
+        return upd, transition
+
+
+def _top(probs: dict[str, float]) -> str:
+    return max(REGIMES, key=probs.__getitem__)

@@ -1,0 +1,213 @@
+"""The regime model: a 4-state Gaussian HMM, its labels, and its online forward filter.
+
+Observations per closed bar (see ``docs/regime.md``): the log return, the log of the rolling
+volatility, and the normalized volume delta where every bar of the training window records
+aggressor sides. They are standardized with the training window's mean and standard deviation,
+which travel with the model (so inference never looks at later data).
+
+``fit`` runs in a worker process: it takes and returns plain data (picklable, JSON-able).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from aetherion.domain import REGIMES, Features
+
+__all__ = [
+    "INPUTS", "FitResult", "RegimeModel", "TrainRequest", "fit", "label_states", "observation",
+]
+
+F = NDArray[np.float64]
+
+#: Observation inputs by name, read from a bar's features (``None`` when not available yet).
+INPUTS: dict[str, Any] = {
+    "log_return": lambda f: f.log_return,
+    "momentum": lambda f: f.extra.get("momentum"),
+    "log_volatility": lambda f: math.log(f.volatility) if f.volatility else None,
+    "norm_volume_delta": lambda f: f.norm_volume_delta,
+}
+BASE_INPUTS = ("momentum", "log_volatility")
+MIN_STATE_SHARE = 0.01  # a state expected to hold fewer observations than this is degenerate
+MIN_VARIANCE = 1e-6  # in standardized units
+CRISIS_LOG_VOL_GAP = math.log(2.0)  # crisis: volatility >= 2x the other states' median
+
+
+def observation(f: Features, inputs: tuple[str, ...]) -> tuple[float, ...] | None:
+    vals = tuple(INPUTS[name](f) for name in inputs)
+    if any(v is None or not math.isfinite(v) for v in vals):
+        return None
+    return vals
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    market: str
+    timeframe: str
+    obs: list[tuple[float, ...]]  # the training window, oldest first (no later data)
+    inputs: tuple[str, ...]
+    train_start: int  # open times of the window's first and last bars
+    train_end: int
+    seed: int = 7
+    restarts: int = 4
+    n_iter: int = 100
+
+
+@dataclass(frozen=True)
+class FitResult:
+    request: TrainRequest
+    ok: bool
+    reason: str
+    params: dict[str, Any] = field(default_factory=dict)  # RegimeModel.to_params()
+    loglik: float | None = None
+
+
+class RegimeModel:
+    """A fitted HMM with its scaler and label map; the online filter runs on it."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.inputs: tuple[str, ...] = tuple(params["inputs"])
+        self.mean = np.asarray(params["scaler_mean"])
+        self.std = np.asarray(params["scaler_std"])
+        self.startprob = np.asarray(params["startprob"])
+        self.transmat = np.asarray(params["transmat"])
+        self.means = np.asarray(params["means"])
+        self.covars = np.asarray(params["covars"])
+        self.labels: list[str] = list(params["labels"])  # state index -> regime
+        self._log_start = _log(self.startprob)
+        self._log_trans = _log(self.transmat)
+        self._prec = np.linalg.inv(self.covars)
+        d = self.means.shape[1]
+        self._norm = -0.5 * (d * math.log(2 * math.pi) + np.linalg.slogdet(self.covars)[1])
+
+    def standardize(self, x: tuple[float, ...]) -> F:
+        z: F = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
+        return z
+
+    def log_emission(self, z: F) -> F:
+        """log N(z; mean_k, covar_k) for every state k (z standardized)."""
+        diff = z - self.means
+        maha = np.einsum("ki,kij,kj->k", diff, self._prec, diff)
+        out: F = self._norm - 0.5 * maha
+        return out
+
+    def filter_step(self, log_alpha: F | None, z: F) -> F:
+        """One forward-filter step in log space, O(states²); returns normalized log alpha."""
+        e = self.log_emission(z)
+        if log_alpha is None:
+            a = self._log_start + e
+        else:
+            a = _logsumexp_cols(log_alpha[:, None] + self._log_trans) + e
+        return a - _logsumexp(a)
+
+    def regime_probs(self, log_alpha: F) -> dict[str, float]:
+        p = np.exp(log_alpha)
+        out = dict.fromkeys(REGIMES, 0.0)
+        for k, name in enumerate(self.labels):
+            out[name] += float(p[k])
+        return out
+
+
+def _log(a: F) -> F:
+    with np.errstate(divide="ignore"):
+        out: F = np.log(a)
+    return out
+
+
+def _logsumexp(a: F) -> float:
+    m = float(np.max(a))
+    return m + math.log(float(np.sum(np.exp(a - m))))
+
+
+def _logsumexp_cols(m: F) -> F:
+    top = np.max(m, axis=0)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):  # a state no state can reach: log 0 = -inf, on purpose
+        out: F = top + np.log(np.sum(np.exp(m - top), axis=0))
+    return out
+
+
+def label_states(means: F, scaler_mean: F, scaler_std: F) -> list[str]:
+    """Regime of each hidden state, from its emission means (inputs 0: log return,
+    1: log volatility): the highest volatility is crisis; of the others, the highest mean return
+    is bull, the lowest bear, the remaining one sideways."""
+    raw = means * scaler_std + scaler_mean  # back in the inputs' own units
+    k = raw.shape[0]
+    labels = ["sideways"] * k
+    crisis = int(np.argmax(raw[:, 1]))
+    others = [i for i in range(k) if i != crisis]
+    calm = float(np.median(raw[others, 1]))
+    if raw[crisis, 1] - calm >= CRISIS_LOG_VOL_GAP:
+        labels[crisis] = "crisis"
+    else:
+        others.append(crisis)
+    rest = sorted(others, key=lambda i: raw[i, 0])
+    if raw[rest[-1], 0] > 0:
+        labels[rest[-1]] = "bull"
+    if raw[rest[0], 0] < 0:
+        labels[rest[0]] = "bear"
+    return labels
+
+
+def fit(req: TrainRequest) -> FitResult:
+    """Fit with seeded restarts and keep the best log-likelihood; reject a fit that does not
+    converge or has a degenerate state."""
+    from hmmlearn.hmm import GaussianHMM
+
+    x = np.asarray(req.obs, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 20 * len(REGIMES):
+        return FitResult(req, False, f"too few observations ({len(x)})")
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    if np.any(std <= 0) or not np.all(np.isfinite(std)):
+        return FitResult(req, False, "an input is constant over the window")
+    z = (x - mean) / std
+    best: Any = None
+    best_score = -math.inf
+    reasons = []
+    for i in range(req.restarts):
+        m = GaussianHMM(n_components=len(REGIMES), covariance_type="full", n_iter=req.n_iter,
+                        tol=1e-4, random_state=req.seed + i, min_covar=1e-4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                m.fit(z)
+                score = float(m.score(z))
+            except (ValueError, np.linalg.LinAlgError) as e:
+                reasons.append(f"restart {i}: {e}")
+                continue
+        why = _degenerate(m, z)
+        if why:
+            reasons.append(f"restart {i}: {why}")
+            continue
+        if score > best_score:
+            best, best_score = m, score
+    if best is None:
+        return FitResult(req, False, "; ".join(reasons[-2:]) or "no restart succeeded")
+    params = {
+        "inputs": list(req.inputs), "scaler_mean": mean.tolist(), "scaler_std": std.tolist(),
+        "startprob": best.startprob_.tolist(), "transmat": best.transmat_.tolist(),
+        "means": best.means_.tolist(), "covars": best.covars_.tolist(),
+        "labels": label_states(best.means_, mean, std),
+    }
+    return FitResult(req, True, "ok", params, best_score)
+
+
+def _degenerate(m: Any, z: F) -> str | None:
+    if not m.monitor_.converged:
+        return f"did not converge in {m.n_iter} iterations"
+    for name in ("startprob_", "transmat_", "means_", "covars_"):
+        if not np.all(np.isfinite(getattr(m, name))):
+            return f"non-finite {name.rstrip('_')}"
+    occupancy = m.predict_proba(z).mean(axis=0)
+    if occupancy.min() < MIN_STATE_SHARE:
+        return f"a state holds {occupancy.min():.1%} of the window"
+    if min(np.linalg.eigvalsh(c).min() for c in m.covars_) < MIN_VARIANCE:
+        return "a state's covariance is singular"
+    return None
