@@ -18,10 +18,17 @@ from hypothesis import strategies as st
 from aetherion.config import Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, Features, Tick
 from aetherion.features import (
+    LOG_RANGE,
+    LOG_RETURN,
+    LOG_VOLATILITY,
+    MOMENTUM,
+    NORM_VOLUME_DELTA,
+    REGIME_INPUTS,
     FeatureEngine,
     annualization,
     atr,
     log_returns,
+    momentum,
     rolling_volatility,
     true_range,
     volume_delta,
@@ -127,35 +134,39 @@ def test_chartschool_worked_example(name: str, period: int) -> None:
 
 @st.composite
 def ohlc(draw: st.DrawFn) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
-    n = draw(st.integers(2, 400))
-    steps = draw(st.lists(st.floats(-0.05, 0.05), min_size=n, max_size=n))
-    wig = draw(st.lists(st.floats(0, 0.03), min_size=n, max_size=n))
-    vols = draw(st.lists(st.floats(0, 1e6), min_size=n, max_size=n))
-    split = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
-    close = list(100 * np.exp(np.cumsum(steps)))
-    high = [c * (1 + w) for c, w in zip(close, wig, strict=True)]
-    low = [c * (1 - w / 2) for c, w in zip(close, wig, strict=True)]
-    buy = [v * s for v, s in zip(vols, split, strict=True)]
-    sell = [v - b for v, b in zip(vols, buy, strict=True)]
-    return high, low, close, buy, sell
+    """Long random bars: hypothesis picks the length, the seed and the character (step size,
+    share of flat bars, calm stretches after volatile ones); numpy draws the numbers."""
+    n = draw(st.sampled_from([2, 3, 15, 22]) | st.integers(500, 5000))  # edges, and long
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-6, 1e-3, 0.02, 0.05]))
+    flat = draw(st.floats(0, 1))
+    calm = 10.0 ** rng.integers(-4, 1, size=n // 50 + 1).repeat(50)[:n]  # blocks of 50 bars
+    steps = rng.uniform(-scale, scale, n) * calm * (rng.random(n) >= flat)
+    close = 100 * np.exp(np.cumsum(steps))
+    wig = rng.uniform(0, 0.03, n) * (rng.random(n) >= flat)
+    vols = rng.exponential(1e3, n) * (rng.random(n) > 0.05)  # some bars without trades
+    buy = vols * rng.random(n)
+    return ((close * (1 + wig)).tolist(), (close * (1 - wig / 2)).tolist(), close.tolist(),
+            buy.tolist(), (vols - buy).tolist())
 
 
-@settings(max_examples=60, deadline=None)
-@given(ohlc(), st.integers(1, 30), st.integers(2, 30))
+@settings(max_examples=40, deadline=None)
+@given(ohlc(), st.integers(1, 30), st.integers(2, 30), st.integers(1, 200))
 def test_incremental_equals_batch(
-    data: tuple[list[float], ...], period: int, window: int
+    data: tuple[list[float], ...], period: int, window: int, mom: int
 ) -> None:
     high, low, close, buy, sell = data
     bars = [Bar("x", "1m", i * 60_000, close[i], high[i], low[i], close[i], buy[i] + sell[i],
                 buy[i], sell[i], 1, True) for i in range(len(close))]
-    inc = run(bars, atr_period=period, vol_window=window)
+    inc = run(bars, atr_period=period, vol_window=window, momentum_window=mom)
     pairs = {
         "true_range": true_range(high, low, close), "atr": atr(high, low, close, period),
         "log_return": log_returns(close), "volatility": rolling_volatility(close, window),
-        "volume_delta": volume_delta(buy, sell),
+        "volume_delta": volume_delta(buy, sell), MOMENTUM: momentum(close, mom),
     }
     for name, ref in pairs.items():
-        got = col(inc, name)
+        got = np.array([math.nan if v is None else v for v in
+                        (f.extra[name] if name == MOMENTUM else getattr(f, name) for f in inc)])
         assert np.array_equal(np.isnan(got), np.isnan(ref)), name
         ok = ~np.isnan(ref)
         assert np.allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-300), name
@@ -185,17 +196,93 @@ def test_unsided_bars_have_no_volume_delta() -> None:
     assert rows[1].log_return == pytest.approx(math.log(1.6 / 1.5))
 
 
+def revise(bar: Bar, **changes: object) -> Bar:
+    return Bar(**{**{s: getattr(bar, s) for s in bar.__slots__},  # type: ignore[arg-type]
+                  "revision": bar.revision + 1, **changes})
+
+
 def test_revision_changes_what_follows_not_what_was_emitted() -> None:
     bars = bars_of([11.0, 12.0, 13.0], [9.0, 10.0, 11.0], [10.0, 11.0, 12.0])
     eng = FeatureEngine("x", "1d")
     first = [eng.on_bar(b) for b in bars[:2]]
-    revised = Bar(**{**{s: getattr(bars[1], s) for s in bars[1].__slots__},  # type: ignore[arg-type]
-                     "close": 10.5, "revision": 1})
-    eng.on_revision(revised)
+    emitted = [Features(**{k: getattr(f, k) for k in f.__dataclass_fields__}) for f in first]
+    eng.on_revision(revise(bars[1], close=10.5, sided=False))
     third = eng.on_bar(bars[2])
-    assert first[1].close == 11.0  # what was emitted stays
+    assert first == emitted and first[1].close == 11.0  # what was emitted stays
     assert third.log_return == pytest.approx(math.log(12.0 / 10.5))
     assert third.true_range == pytest.approx(max(2.0, abs(13.0 - 10.5), abs(11.0 - 10.5)))
+    assert third.cum_volume_delta == pytest.approx(4.0)  # the revised bar lost its sides
+
+
+@settings(max_examples=30, deadline=None)
+@given(ohlc(), st.data())
+def test_revising_the_latest_bar_continues_as_if_it_had_been_seen(
+    data: tuple[list[float], ...], draw: st.DataObject
+) -> None:
+    """After any revisions of the latest bar, the engine goes on exactly like one that saw the
+    revised bars in the first place (ATR, volatility window, momentum, running delta)."""
+    high, low, close, buy, sell = data
+    bars = [Bar("x", "1m", i * 60_000, close[i], high[i], low[i], close[i], buy[i] + sell[i],
+                buy[i], sell[i], 1, True) for i in range(len(close))]
+    at = set(draw.draw(st.lists(st.integers(0, len(bars) - 1), max_size=20)))
+    live, final = FeatureEngine("x", "1m", 5, 4, 7), []
+    for i, b in enumerate(bars):
+        live.on_bar(b)
+        if i in at:
+            k = 1.0 + draw.draw(st.floats(-0.02, 0.02))
+            b = revise(b, close=b.close * k, high=max(b.high, b.close * k),
+                       low=min(b.low, b.close * k), sided=draw.draw(st.booleans()))
+            live.on_revision(b)
+            live.on_revision(revise(bars[i - 1])) if i else None  # an older bar: no effect
+        final.append(b)
+    tail = bars_of([1.02 * c for c in close[-10:]], [0.97 * c for c in close[-10:]],
+                   close[-10:], tf="1m")
+    tail = [revise(b, open_time=(len(bars) + j) * 60_000) for j, b in enumerate(tail)]
+    seen = FeatureEngine("x", "1m", 5, 4, 7)
+    for b in final:
+        seen.on_bar(b)
+    got, want = [live.on_bar(b) for b in tail], [seen.on_bar(b) for b in tail]
+    for name in ("log_return", "true_range", "atr", "volatility", "cum_volume_delta"):
+        assert np.allclose(col(got, name), col(want, name), rtol=1e-9, atol=0, equal_nan=True)
+    m = [[math.nan if f.extra[MOMENTUM] is None else f.extra[MOMENTUM] for f in x]
+         for x in (got, want)]
+    assert np.allclose(m[0], m[1], rtol=1e-9, atol=0, equal_nan=True)
+
+
+def test_regime_inputs_are_in_extra_by_their_exported_names() -> None:
+    h, lo, c = load_spy()
+    bars = bars_of(list(h[:300]), list(lo[:300]), list(c[:300]))
+    bars[-1] = revise(bars[-1], sided=False)
+    rows = run(bars)
+    assert all(set(r.extra) == set(REGIME_INPUTS) for r in rows)
+    vol, mom = rolling_volatility(c[:300]), momentum(c[:300], 120)
+    for i, r in enumerate(rows):
+        assert r.extra[LOG_RETURN] == r.log_return
+        assert r.extra[NORM_VOLUME_DELTA] == r.norm_volume_delta
+        assert r.extra[LOG_RANGE] == pytest.approx(math.log(h[i] / lo[i]), rel=1e-12)
+        lv, m = r.extra[LOG_VOLATILITY], r.extra[MOMENTUM]
+        assert (lv is None) == (i < 20) and (m is None) == (i < 120)
+        if lv is not None:
+            assert lv == pytest.approx(math.log(vol[i]), rel=1e-9)
+        if m is not None:
+            assert m == pytest.approx(mom[i], rel=1e-9)
+    assert rows[-1].extra[NORM_VOLUME_DELTA] is None and rows[-2].extra[NORM_VOLUME_DELTA] == 0.2
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_unusable_prices_are_counted_and_skipped(bad: float) -> None:
+    bars = bars_of([11.0, 12.0, 13.0], [9.0, 10.0, 11.0], [10.0, 11.0, 12.0])
+    bars[1] = revise(bars[1], close=bad, low=bad if bad <= 0 else bars[1].low)
+    eng = FeatureEngine("x", "1d")
+    rows = [eng.on_bar(b) for b in bars]
+    assert eng.rejected == 1
+    assert rows[1].log_return is None and rows[1].atr is None and rows[1].volume_delta is None
+    assert rows[2].log_return == pytest.approx(math.log(12.0 / 10.0))  # builds on the last good
+
+
+def test_state_rejects_what_is_not_a_state() -> None:
+    with pytest.raises(ValueError, match="not a FeatureEngine state"):
+        FeatureEngine.from_state({"market": "x"})
 
 
 def test_state_round_trip_continues_exactly() -> None:
@@ -207,6 +294,15 @@ def test_state_round_trip_continues_exactly() -> None:
     again = FeatureEngine.from_state(json.loads(json.dumps(eng.state())))
     part += [again.on_bar(b) for b in bars[120:]]
     assert part == whole
+    # a revision of the latest bar right after a restart replays the same way
+    a, b = FeatureEngine("x", "1d"), FeatureEngine("x", "1d")
+    for x in bars[:150]:
+        a.on_bar(x)
+        b.on_bar(x)
+    b = FeatureEngine.from_state(json.loads(json.dumps(b.state())))
+    for e in (a, b):
+        e.on_revision(revise(bars[149], close=bars[149].close * 0.99))
+    assert [a.on_bar(x) for x in bars[150:]] == [b.on_bar(x) for x in bars[150:]]
 
 
 def test_each_timeframe_has_its_own_state(tmp_path: Path) -> None:
