@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 
 from aetherion.config import Settings
-from aetherion.domain import BUY, SELL, Bar, BookSnapshot, Features, Tick
+from aetherion.domain import BUY, SELL, Bar, BookSnapshot, Features, RegimeUpdate, Tick, Transition
 from aetherion.storage.market import MarketStore, MongoMarketStore, SqlMarketStore
-from aetherion.storage.migrate import upgrade
+from aetherion.storage.migrate import migrations_dir, upgrade
+from aetherion.storage.schema import metadata
 from aetherion.storage.state import StateStore
 from aetherion.storage.writer import BufferedWriter
 
@@ -49,8 +53,13 @@ async def test_migrations_from_empty_and_again(sql_url: str) -> None:
     state = await StateStore.open(sql_url)
     async with state.engine.connect() as conn:
         names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        diff = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+        head = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     await state.close()
     assert TABLES <= names
+    assert diff == []  # the migrations build exactly what schema.py declares
+    assert head == ScriptDirectory(str(migrations_dir())).get_current_head()
 
 
 async def test_system_state_round_trip(sql_url: str) -> None:
@@ -59,6 +68,37 @@ async def test_system_state_round_trip(sql_url: str) -> None:
     await state.set_state("binance:btcusdt", {"last_trade_id": 5})
     await state.set_state("binance:btcusdt", {"last_trade_id": 7, "note": "é"})
     assert await state.get_state("binance:btcusdt") == {"last_trade_id": 7, "note": "é"}
+    await state.close()
+
+
+def regime(tf: str, t: int, label: str, conf: float = 0.8) -> RegimeUpdate:
+    return RegimeUpdate("btc", tf, t, label, label, conf,
+                        {"bull": conf, "bear": 1 - conf, "sideways": 0.0, "crisis": 0.0}, 3,
+                        "trend_long", {"1m": {"bull": 1.0}} if tf == "fused" else None)
+
+
+async def test_regimes_idempotent_history_and_latest(sql_url: str) -> None:
+    state = await StateStore.open(sql_url)
+    rows = [regime("1m", i * 60_000, "bull" if i < 3 else "bear") for i in range(5)]
+    await state.write_regimes(rows[:3])
+    await state.write_regimes([*rows[2:], regime("fused", 0, "sideways")])  # 2 again: ignored
+    await state.write_regimes([regime("1m", 0, "crisis")])  # what was known then stays
+    hist = await state.regime_history("btc", "1m", 10)
+    assert [r["open_time"] for r in hist] == [240_000, 180_000, 120_000, 60_000, 0]
+    assert hist[-1]["regime"] == "bull" and hist[0]["probs"]["bear"] == pytest.approx(0.2)
+    window = await state.regime_history("btc", "1m", 2, since=60_000, until=180_000)
+    assert [r["open_time"] for r in window] == [180_000, 120_000]
+    latest = await state.latest_regimes("btc")
+    assert {tf: r["open_time"] for tf, r in latest.items()} == {"1m": 240_000, "fused": 0}
+    assert latest["fused"]["contributions"] == {"1m": {"bull": 1.0}}
+    assert await state.latest_regimes("eth") == {}
+    tr = [Transition("btc", "1m", 180_000, "bull", "bear", 0.8, "trend_long", "trend_short",
+                     "stable 3 bars")]
+    await state.write_transitions(tr)
+    await state.write_transitions(tr)
+    got = await state.transitions("btc", 10)
+    assert [(r["from_regime"], r["to_regime"], r["cause"]) for r in got] == [
+        ("bull", "bear", "stable 3 bars")]
     await state.close()
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.sql.dml import Insert
 
 from aetherion.storage.migrate import ensure_sqlite_dir
 
-__all__ = ["insert_ignore", "make_engine", "upsert_if"]
+__all__ = ["insert_ignore", "make_engine", "upsert", "upsert_if"]
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -27,6 +27,16 @@ def insert_ignore(engine: AsyncEngine, table: Table) -> Insert:
         pk = next(iter(table.primary_key.columns))
         return mysql.insert(table).on_duplicate_key_update({pk.name: pk})
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def upsert(engine: AsyncEngine, table: Table, key: list[str]) -> Insert:
+    """An INSERT that replaces the other columns of an existing row with the same ``key``."""
+    cols = [c.name for c in table.columns if c.name not in key]
+    if engine.dialect.name == "mysql":
+        ins = mysql.insert(table)
+        return ins.on_duplicate_key_update({c: ins.inserted[c] for c in cols})
+    sq = sqlite.insert(table)
+    return sq.on_conflict_do_update(index_elements=key, set_={c: sq.excluded[c] for c in cols})
 
 
 def upsert_if(

@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aetherion.domain import ModelVersion, RegimeUpdate, Transition
 from aetherion.storage import schema as s
 from aetherion.storage.migrate import upgrade_engine
-from aetherion.storage.sql import insert_ignore, make_engine
+from aetherion.storage.sql import insert_ignore, make_engine, upsert
 
 __all__ = ["StateStore"]
 
@@ -28,6 +28,7 @@ class StateStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._set_state = upsert(engine, s.system_state, ["key"])
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> StateStore:
@@ -50,10 +51,9 @@ class StateStore:
         return None if row is None else dict(row[0])
 
     async def set_state(self, key: str, value: dict[str, Any]) -> None:
-        t = s.system_state
         async with self.engine.begin() as conn:
-            await conn.execute(t.delete().where(t.c.key == key))
-            await conn.execute(t.insert(), {"key": key, "value": value, "updated_at": _now_ms()})
+            await conn.execute(self._set_state, {"key": key, "value": value,
+                                                 "updated_at": _now_ms()})
 
     async def write_regimes(self, updates: list[RegimeUpdate]) -> None:
         if not updates:
@@ -134,5 +134,29 @@ class StateStore:
         if until is not None:
             q = q.where(t.c.open_time <= until)
         q = q.order_by(t.c.open_time.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    async def latest_regimes(self, market: str) -> dict[str, dict[str, Any]]:
+        """The newest stored regime row of ``market`` per timeframe (and ``fused``)."""
+        t = s.regime_state
+        newest = (select(t.c.timeframe, func.max(t.c.open_time).label("open_time"))
+                  .where(t.c.market == market).group_by(t.c.timeframe).subquery())
+        q = select(t).join(newest, (t.c.timeframe == newest.c.timeframe)
+                           & (t.c.open_time == newest.c.open_time)).where(t.c.market == market)
+        async with self.engine.connect() as conn:
+            return {r.timeframe: dict(r._mapping) for r in await conn.execute(q)}
+
+    async def transitions(
+        self, market: str, limit: int, since: int | None = None, until: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored regime transitions of ``market`` (all timeframes), newest first."""
+        t = s.regime_transitions
+        q = select(t).where(t.c.market == market)
+        if since is not None:
+            q = q.where(t.c.open_time >= since)
+        if until is not None:
+            q = q.where(t.c.open_time <= until)
+        q = q.order_by(t.c.open_time.desc(), t.c.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(q)]
