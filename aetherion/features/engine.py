@@ -53,7 +53,8 @@ REGIME_INPUTS: dict[str, RegimeInput] = {
 
 
 def _valid(bar: Bar) -> bool:
-    return all(math.isfinite(x) and x > 0 for x in (bar.open, bar.high, bar.low, bar.close))
+    o, h, lo, c = bar.open, bar.high, bar.low, bar.close
+    return o > 0 and h > 0 and lo > 0 and c > 0 and math.isfinite(o + h + lo + c)
 
 
 class FeatureEngine:
@@ -158,14 +159,13 @@ class FeatureEngine:
             self.atr = self.tr_sum / n
 
     def _volatility(self) -> float | None:
-        # Exact two-pass over the fixed window: running sums of squares lose the 1e-9 when a
-        # calm window follows a volatile one.
+        # Two passes over the fixed window (running sums of squares lose the 1e-9 when a calm
+        # window follows a volatile one); math.dist is the root of the summed squared deviations.
         r = self.returns
         n = len(r)
         if n < self.vol_window:
             return None
-        mean = sum(r) / n
-        return math.sqrt(sum((x - mean) ** 2 for x in r) / (n - 1))
+        return math.dist(r, [sum(r) / n] * n) / math.sqrt(n - 1)
 
     # ---- restart --------------------------------------------------------------------------
 
