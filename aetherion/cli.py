@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from aetherion import __version__
 from aetherion.config import Settings, settings_error_line
+from aetherion.domain import TIMEFRAME_MS
 from aetherion.logs import configure_logging
 
 __all__ = ["main"]
@@ -30,6 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve the API and run the markets")
     run.add_argument("--host", help="interface to listen on (AETHERION_HOST)")
     run.add_argument("--port", type=int, help="port to listen on (AETHERION_PORT)")
+    rp = sub.add_parser(
+        "replay", help="run the pipeline over recorded trades or candles",
+        description="One CSV row per closed bar (to --out, else stdout), then a JSON summary as "
+                    "the last line of stdout.")
+    rp.add_argument("input", type=Path, help="CSV or Parquet, optionally .gz or .zip")
+    rp.add_argument("--kind", choices=("trades", "candles"), help="guessed from the columns")
+    rp.add_argument("--market", default="replay", help="a name for the output")
+    rp.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
+                    help="bars to write and decide on (candles: their spacing)")
+    rp.add_argument("--out", type=Path, help="FILE.csv or FILE.parquet")
+    rp.add_argument("--store", action="store_true",
+                    help="also write bars, features, regimes and models to the stores")
+    for name, field in Settings.model_fields.items():
+        if name.startswith(("regime_", "decision_")):
+            rp.add_argument("--" + name.replace("_", "-"), dest=name, metavar="V",
+                            help=field.description or f"as AETHERION_{name.upper()}")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply the SQL migrations (AETHERION_SQL_URL)")
@@ -71,6 +89,46 @@ def _run(settings: Settings) -> int:
     return 0 if server.started else 1
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from aetherion.replay import InputError, load, replay, summary_line, write_rows
+
+    try:
+        loaded = load(args.input, args.kind)
+        result = replay(loaded, settings, args.market, args.timeframe,
+                        progress=sys.stderr.isatty())
+    except InputError as e:
+        _fail(str(e))
+    if args.out:
+        write_rows(result.rows, args.out)
+    else:
+        write_rows(result.rows, Path("/dev/stdout"))
+    if args.store:
+        asyncio.run(_store(result, settings))
+    print(summary_line(result.summary), flush=True)
+    return 0
+
+
+async def _store(result: Any, settings: Settings) -> None:
+    from aetherion.storage.market import open_market_store
+    from aetherion.storage.state import StateStore
+
+    state = await StateStore.open(settings.sql_url)
+    store = await open_market_store(settings, state.engine)
+    sink = result.sink
+    try:
+        for i in range(0, len(sink.bars), 1000):
+            await store.write_bars(sink.bars[i:i + 1000])
+        for i in range(0, len(sink.features_), 1000):
+            await store.write_features(sink.features_[i:i + 1000])
+        for i in range(0, len(sink.regimes), 1000):
+            await state.write_regimes(sink.regimes[i:i + 1000])
+        await state.write_transitions(sink.transitions)
+        await state.write_models(sink.models)
+    finally:
+        await store.close()
+        await state.close()
+
+
 def _db_upgrade(settings: Settings) -> int:
     from aetherion.storage.migrate import upgrade
 
@@ -83,11 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         settings = _settings(host=args.host, port=args.port)
+    elif args.command == "replay":
+        settings = _settings(**{k: v for k, v in vars(args).items()
+                                if k.startswith(("regime_", "decision_"))})
     else:
         settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "run":
         return _run(settings)
+    if args.command == "replay":
+        return _replay(args, settings)
     return _db_upgrade(settings)
 
 

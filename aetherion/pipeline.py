@@ -138,8 +138,17 @@ class MarketPipeline:
         self.sink.ticks(self.market, ticks)
         self._bars(self.candles.on_ticks(ticks))
 
+    def on_trades(self, ts: Sequence[int], price: Sequence[float], size: Sequence[float],
+                  side: Sequence[int]) -> None:
+        """Columnar trades (replay): no Tick objects on the way, and none kept."""
+        self._bars(self.candles.on_trades(ts, price, size, side))
+
     def on_clock(self, now_ms: int) -> None:
         self._bars(self.candles.on_clock(now_ms))
+
+    def on_bars(self, bars: Sequence[Bar]) -> None:
+        """Closed bars of the finest timeframe (candle input)."""
+        self._bars(self.candles.on_bars(bars))
 
     def flush(self) -> None:
         self._bars(self.candles.flush())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -180,3 +181,17 @@ def test_coarse_bars_equal_the_fold_of_fine_bars(rows: list[tuple[int, int, int,
         assert c.high == max(b.high for b in parts) and c.low == min(b.low for b in parts)
         assert c.trade_count == sum(b.trade_count for b in parts)
         assert abs(c.volume - sum(b.volume for b in parts)) < 1e-9
+
+
+def test_on_bars_folds_candles_like_trades() -> None:
+    """Candle input: closed base bars give the same coarse bars as the trades that made them."""
+    rng = random.Random(4)
+    ticks = [Tick("m", 1_000 + i * 700 + rng.randrange(500), 100 + rng.random(), 1.0,
+                  BUY if rng.random() < 0.5 else SELL, str(i)) for i in range(600)]
+    by_trades = CandleEngine("m", ["1s", "5s", "1m"])
+    ref = by_trades.on_ticks(ticks) + by_trades.flush()
+    base = [b for b in ref if b.timeframe == "1s"]
+    by_bars = CandleEngine("m", ["1s", "5s", "1m"])
+    got = by_bars.on_bars(base) + by_bars.flush()
+    for tf in ("1s", "5s", "1m"):
+        assert [b for b in got if b.timeframe == tf] == [b for b in ref if b.timeframe == tf]

@@ -73,6 +73,14 @@ class _State:
         self.count += o.count
         self.sided = self.sided and o.sided
 
+    @classmethod
+    def of(cls, b: Bar) -> _State:
+        s = cls(b.open_time, b.first_ts or b.open_time, b.open)
+        s.high, s.low, s.close, s.last_ts = b.high, b.low, b.close, b.last_ts or b.open_time
+        s.volume, s.buy, s.sell, s.count, s.sided = (
+            b.volume, b.buy_volume, b.sell_volume, b.trade_count, b.sided)
+        return s
+
     def copy(self) -> _State:
         s = _State(self.open_time, self.first_ts, self.open)
         s.merge(self)
@@ -140,6 +148,25 @@ class CandleEngine:
                 cur = self._open[0] = _State(key, t, price[i])
                 cur.add(t, price[i], size[i], side[i])
                 start, end = key, key + base
+        return out
+
+    def on_bars(self, bars: Sequence[Bar]) -> list[Bar]:
+        """Closed bars of the finest timeframe (candle input, oldest first): each is emitted as
+        is and folded into the coarser timeframes, which close when their interval has ended."""
+        out: list[Bar] = []
+        base = self._tf_ms[0]
+        for b in bars:
+            if b.timeframe != self.timeframes[0] or b.open_time % base:
+                raise ValueError(f"a {self.timeframes[0]} bar was expected, got {b.timeframe} "
+                                 f"at {b.open_time}")
+            if b.open_time < self._closed_until[0]:
+                raise ValueError(f"bar at {b.open_time} is not after the previous one")
+            if self._open[0] is not None:
+                self._close_finest(out)
+            self._roll(b.open_time, out)
+            self._open[0] = _State.of(b)
+            self._close_finest(out)
+            self._roll(b.open_time + base, out)
         return out
 
     def on_clock(self, now_ms: int) -> list[Bar]:

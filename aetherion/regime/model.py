@@ -160,7 +160,13 @@ def fit(req: TrainRequest) -> FitResult:
     """Fit with seeded restarts and keep the best log-likelihood; reject a fit that does not
     converge or has a degenerate state."""
     from hmmlearn.hmm import GaussianHMM
+    from threadpoolctl import threadpool_limits
 
+    with threadpool_limits(1):  # tiny matrices: OpenMP/BLAS threads only add overhead
+        return _fit(req, GaussianHMM)
+
+
+def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # noqa: N803 - the class
     x = np.asarray(req.obs, dtype=np.float64)
     if x.ndim != 2 or len(x) < 20 * len(REGIMES):
         return FitResult(req, False, f"too few observations ({len(x)})")

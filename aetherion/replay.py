@@ -1,0 +1,345 @@
+"""``aetherion replay``: the live pipeline over recorded trades or candles, in event time.
+
+The same candle, feature and regime stages as ``aetherion run`` (``MarketPipeline``), fed from a
+file instead of a connector: no sleeps, no wall clock, models trained inline so each takes effect
+from the bar after the one whose close asked for it. A replay starts from nothing (no model, no
+position, no stored state) and touches no store unless ``--store`` is given.
+
+Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
+``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close, volume``. ``ts`` is
+ISO-8601 or epoch milliseconds, UTC. QuantConnect Lean / AlgoSeek files (headerless; prices in
+1/10,000 dollars; trade times in milliseconds since New York midnight, the date in the file name)
+are recognised too. Unsorted timestamps are sorted (stably) and counted; a repeated ``trade_id``
+is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import sys
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import orjson
+import polars as pl
+
+from aetherion.config import MarketConfig, Settings
+from aetherion.domain import BUY, SELL, TIMEFRAME_MS, UNKNOWN_SIDE, Bar
+from aetherion.pipeline import ListSink, MarketPipeline
+
+__all__ = ["OUTPUT_COLUMNS", "InputError", "ReplayResult", "load", "replay"]
+
+OUTPUT_COLUMNS = (
+    "ts", "open", "high", "low", "close", "volume", "atr", "volatility", "volume_delta",
+    "regime_raw", "regime", "confidence", "strategy", "action", "position",
+)
+TRADE_COLUMNS = ("ts", "price", "size")
+CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+CHUNK = 50_000  # trades per pipeline call
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file, and the row and column where it applies."""
+
+
+@dataclass
+class Loaded:
+    kind: str  # "trades" | "candles"
+    frame: pl.DataFrame  # ts (Int64 epoch ms) and the kind's columns, sorted by ts
+    unsorted: int = 0
+    duplicates: int = 0
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+def _raw_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        if path.suffix == ".gz":
+            return gzip.decompress(data)
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+                if not names:
+                    raise InputError(f"{path}: the zip archive is empty")
+                return z.read(names[0])
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: corrupt {path.suffix[1:]} file ({e})") from None
+    return data
+
+
+def _inner_name(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".zip")
+
+
+LEAN_BAR = re.compile(rb"^\d{8} \d\d:\d\d,")
+LEAN_TRADE = re.compile(rb"^\d+,\d+,\d+")
+
+
+def load(path: Path, kind: str | None = None) -> Loaded:
+    """Read a trades or candles file into a sorted frame with epoch-ms ``ts``."""
+    data = _raw_bytes(path)
+    head = data[:200]
+    if LEAN_BAR.match(head):
+        return _finish(path, _lean_bars(path, data), "candles")
+    if LEAN_TRADE.match(head) and kind != "candles":
+        return _finish(path, _lean_trades(path, data), "trades")
+    try:
+        if _inner_name(path).endswith(".parquet"):
+            df = pl.read_parquet(io.BytesIO(data))
+        else:
+            df = pl.read_csv(io.BytesIO(data), infer_schema=False)
+    except Exception as e:  # polars raises several kinds for a corrupt file
+        raise InputError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    df = df.rename({c: c.strip().lower() for c in df.columns})
+    if kind is None:
+        kind = "candles" if set(CANDLE_COLUMNS) <= set(df.columns) else "trades"
+    need = CANDLE_COLUMNS if kind == "candles" else TRADE_COLUMNS
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} for {kind} "
+                         f"(has: {', '.join(df.columns)})")
+    cols: dict[str, pl.Series] = {"ts": _ts(path, df["ts"])}
+    for c in need[1:]:
+        cols[c] = _floats(path, df[c])
+    if kind == "trades":
+        cols["side"] = _sides(path, df["side"]) if "side" in df.columns else pl.Series(
+            "side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8)
+        if "trade_id" in df.columns:
+            cols["trade_id"] = df["trade_id"].cast(pl.Utf8)
+    return _finish(path, pl.DataFrame(cols), kind)
+
+
+def _bad_row(path: Path, col: str, original: pl.Series, parsed: pl.Series) -> InputError:
+    bad = (parsed.is_null() & original.is_not_null()) | original.is_null()
+    row = int(bad.arg_max() or 0)
+    return InputError(f"{path}: row {row + 2}, column {col}: cannot parse "
+                      f"{original[row]!r}")  # +2: 1-based, after the header
+
+
+def _floats(path: Path, s: pl.Series) -> pl.Series:
+    if s.dtype.is_numeric():
+        out = s.cast(pl.Float64)
+    else:
+        out = s.str.strip_chars().cast(pl.Float64, strict=False)
+    if out.null_count() or not out.is_finite().all():
+        if out.null_count():
+            raise _bad_row(path, s.name, s, out)
+        row = int((~out.is_finite()).arg_max() or 0)
+        raise InputError(f"{path}: row {row + 2}, column {s.name}: not a finite number")
+    return out
+
+
+def _ts(path: Path, s: pl.Series) -> pl.Series:
+    if s.dtype.is_integer():
+        return s.cast(pl.Int64).alias("ts")
+    text = s.cast(pl.Utf8).str.strip_chars()
+    if text.str.contains(r"^-?\d+$").all():
+        return text.cast(pl.Int64).alias("ts")
+    parsed = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="ms")
+    if parsed.null_count():
+        raise _bad_row(path, "ts", s, parsed)
+    return parsed.dt.epoch("ms").alias("ts")
+
+
+def _sides(path: Path, s: pl.Series) -> pl.Series:
+    low = s.cast(pl.Utf8).str.strip_chars().str.to_lowercase()
+    out = low.replace_strict({"buy": BUY, "b": BUY, "sell": SELL, "s": SELL, "": UNKNOWN_SIDE},
+                             default=None, return_dtype=pl.Int8)
+    known = out.is_not_null() | low.is_null()
+    if not known.all():
+        row = int((~known).arg_max() or 0)
+        raise InputError(f"{path}: row {row + 2}, column side: {s[row]!r} is not buy or sell")
+    return out.fill_null(UNKNOWN_SIDE).alias("side")
+
+
+def _lean_bars(path: Path, data: bytes) -> pl.DataFrame:
+    df = pl.read_csv(io.BytesIO(data), has_header=False, infer_schema=False,
+                     new_columns=["ts", "open", "high", "low", "close", "volume"])
+    ts = df["ts"].str.to_datetime("%Y%m%d %H:%M", time_zone="UTC", strict=False,
+                                  time_unit="ms")
+    if ts.null_count():
+        raise _bad_row(path, "ts", df["ts"], ts)
+    out = {"ts": ts.dt.epoch("ms")}
+    for c in ("open", "high", "low", "close"):
+        out[c] = _floats(path, df[c]) / 10_000
+    out["volume"] = _floats(path, df["volume"])
+    return pl.DataFrame(out)
+
+
+def _lean_trades(path: Path, data: bytes) -> pl.DataFrame:
+    m = re.search(r"(\d{8})", path.name)
+    if not m:
+        raise InputError(f"{path}: a Lean trade file needs its date (YYYYMMDD) in its name")
+    day = datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=NEW_YORK)
+    midnight = int(day.timestamp() * 1000)
+    df = pl.read_csv(io.BytesIO(data), has_header=False, infer_schema=False)
+    if df.width < 3:
+        raise InputError(f"{path}: a Lean trade file has at least 3 columns")
+    ms = _floats(path, df[df.columns[0]].alias("ts"))
+    return pl.DataFrame({
+        "ts": (ms.cast(pl.Int64) + midnight).alias("ts"),
+        "price": _floats(path, df[df.columns[1]].alias("price")) / 10_000,
+        "size": _floats(path, df[df.columns[2]].alias("size")),
+        "side": pl.Series("side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8),
+    })
+
+
+def _finish(path: Path, df: pl.DataFrame, kind: str) -> Loaded:
+    if df.is_empty():
+        raise InputError(f"{path}: no rows")
+    ts = df["ts"].to_numpy()
+    unsorted = int(np.sum(ts[1:] < ts[:-1])) if len(ts) > 1 else 0
+    if unsorted:
+        df = df.sort("ts", maintain_order=True)
+    duplicates = 0
+    if "trade_id" in df.columns:
+        n = len(df)
+        df = df.unique(subset="trade_id", keep="first", maintain_order=True)
+        duplicates = n - len(df)
+    return Loaded(kind, df, unsorted, duplicates)
+
+
+# ---- running --------------------------------------------------------------------------------
+
+@dataclass
+class ReplayResult:
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    sink: ListSink = field(repr=False)
+
+
+def _spacing(ts: np.ndarray[Any, Any]) -> str:
+    diffs = np.diff(ts)
+    step = int(np.median(diffs)) if len(diffs) else TIMEFRAME_MS["1m"]
+    for tf, ms in TIMEFRAME_MS.items():
+        if ms >= step * 0.9:
+            return tf
+    return "1d"
+
+
+def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
+           timeframe: str | None = None, progress: bool = False) -> ReplayResult:
+    df = loaded.frame
+    ts = df["ts"].to_numpy()
+    if timeframe is None:
+        timeframe = _spacing(ts) if loaded.kind == "candles" else settings.finest_timeframe
+    base = TIMEFRAME_MS[timeframe]
+    tfs = [timeframe] + [t for t in settings.timeframes
+                         if TIMEFRAME_MS[t] > base and TIMEFRAME_MS[t] % base == 0]
+    s = settings.model_copy(update={"timeframes": tuple(tfs)})
+    market = MarketConfig(id=market_id, venue="crypto", connector="simulator", symbol=market_id)
+    sink = ListSink()
+    pipe = MarketPipeline(market, s, sink)
+    t0 = time.perf_counter()
+    n = len(df)
+    if loaded.kind == "trades":
+        price, size = df["price"].to_list(), df["size"].to_list()
+        side, tsl = df["side"].to_list(), ts.tolist()
+        for i in range(0, n, CHUNK):
+            pipe.on_trades(tsl[i:i + CHUNK], price[i:i + CHUNK], size[i:i + CHUNK],
+                           side[i:i + CHUNK])
+            if progress:
+                _progress(i + CHUNK, n)
+        pipe.flush()
+    else:
+        bars = _candles(df, market_id, timeframe, base)
+        for i in range(0, len(bars), 1000):
+            pipe.on_bars(bars[i:i + 1000])
+            if progress:
+                _progress(i + 1000, len(bars))
+        pipe.flush()
+    elapsed = time.perf_counter() - t0
+    if progress:
+        sys.stderr.write("\n")
+    rows = _rows(sink, timeframe)
+    trades = n if loaded.kind == "trades" else 0
+    shares = Counter(r["regime"] for r in rows)
+    summary = {
+        "input_kind": loaded.kind, "timeframe": timeframe, "timeframes": tfs,
+        "bars": len(rows), "trades": trades, "elapsed_s": round(elapsed, 3),
+        "trades_per_s": round(trades / elapsed) if elapsed and trades else 0,
+        "bars_per_s": round(len(rows) / elapsed) if elapsed else 0,
+        "regime_share": {k: round(v / len(rows), 4) for k, v in sorted(shares.items())}
+        if rows else {},
+        "actions": dict(Counter(r["action"] for r in rows)),
+        "transitions": len(sink.transitions),
+        "models": {"active": sum(m.status == "active" for m in sink.models),
+                   "rejected": sum(m.status != "active" for m in sink.models)},
+        "unsorted_rows_sorted": loaded.unsorted, "duplicate_trades_dropped": loaded.duplicates,
+        "late_trades_dropped": pipe.candles.late_dropped,
+    }
+    return ReplayResult(rows, summary, sink)
+
+
+def _candles(df: pl.DataFrame, market: str, timeframe: str, base: int) -> list[Bar]:
+    ts = df["ts"].to_numpy()
+    if np.any(ts % base):
+        row = int(np.argmax(ts % base != 0))
+        raise InputError(f"row {row + 2}, column ts: {int(ts[row])} is not on a {timeframe} "
+                         "boundary (pass --timeframe with the candles' spacing)")
+    if np.any(np.diff(ts) == 0):
+        row = int(np.argmax(np.diff(ts) == 0)) + 1
+        raise InputError(f"row {row + 2}, column ts: a second candle for the same time")
+    o, h, lo, c, v = (df[k].to_list() for k in ("open", "high", "low", "close", "volume"))
+    return [Bar(market, timeframe, int(t), o[i], h[i], lo[i], c[i], v[i], 0.0, 0.0, 0, True,
+                first_ts=int(t), last_ts=int(t) + base - 1, sided=False)
+            for i, t in enumerate(ts)]
+
+
+def _rows(sink: ListSink, timeframe: str) -> list[dict[str, Any]]:
+    feats = {f.open_time: f for f in sink.features_ if f.timeframe == timeframe}
+    fused = {u.open_time: u for u in sink.regimes if u.timeframe == "fused"}
+    rows = []
+    for b in sink.bars:
+        if b.timeframe != timeframe or b.revision:
+            continue
+        f, u = feats.get(b.open_time), fused.get(b.open_time)
+        rows.append({
+            "ts": datetime.fromtimestamp(b.open_time / 1000, tz=UTC).isoformat().replace(
+                "+00:00", "Z"),
+            "open": b.open, "high": b.high, "low": b.low, "close": b.close,
+            "volume": b.volume,
+            "atr": f.atr if f else None, "volatility": f.volatility if f else None,
+            "volume_delta": f.volume_delta if f else None,
+            "regime_raw": u.regime_raw if u else "unknown",
+            "regime": u.regime if u else "unknown",
+            "confidence": u.confidence if u else 0.0,
+            "strategy": u.strategy if u else None,
+            "action": "HOLD", "position": "flat",
+            "open_time": b.open_time, "trade_count": b.trade_count,
+            "model_version": u.model_version if u else None,
+        })
+    return rows
+
+
+def _progress(done: int, total: int) -> None:
+    pct = min(done, total) / total
+    bar = "#" * int(pct * 40)
+    sys.stderr.write(f"\r[{bar:<40}] {pct:6.1%}")
+    sys.stderr.flush()
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    if out.suffix == ".parquet":
+        df.write_parquet(out)
+    else:
+        df.write_csv(out)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return orjson.dumps(summary).decode()
