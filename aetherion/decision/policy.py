@@ -144,15 +144,14 @@ class DecisionPolicy:
         inputs: Inputs = {"close": close, "close_n_ago": c[0], "n": cfg.momentum_bars,
                           "atr": atr, "momentum_atr": mom, "entry_atr": cfg.trend_entry_atr,
                           "exit_atr": cfg.trend_exit_atr}
-        score, sign = mom * direction, "+" if direction > 0 else "-"
+        score = mom * direction
+        beyond, short_of = (">=", "<=") if direction > 0 else ("<=", ">=")
         if score >= cfg.trend_entry_atr:
-            return _Signal(direction, f"{name}.enter",
-                           f"momentum {mom:+.2f} ATR beyond entry {sign}{cfg.trend_entry_atr}",
-                           inputs)
+            return _Signal(direction, f"{name}.enter", f"momentum {mom:+.2f} ATR {beyond} entry "
+                           f"{direction * cfg.trend_entry_atr:+.2f}", inputs)
         if score <= cfg.trend_exit_atr:
-            return _Signal(0, f"{name}.exit",
-                           f"momentum {mom:+.2f} ATR not beyond exit {sign}{cfg.trend_exit_atr}",
-                           inputs)
+            return _Signal(0, f"{name}.exit", f"momentum {mom:+.2f} ATR {short_of} exit "
+                           f"{direction * cfg.trend_exit_atr:+.2f}", inputs)
         return _Signal(None, f"{name}.hold", f"momentum {mom:+.2f} ATR between exit and entry",
                        inputs)
 
