@@ -236,7 +236,8 @@ def test_revising_the_latest_bar_continues_as_if_it_had_been_seen(
             b = revise(b, close=b.close * k, high=max(b.high, b.close * k),
                        low=min(b.low, b.close * k), sided=draw.draw(st.booleans()))
             live.on_revision(b)
-            live.on_revision(revise(bars[i - 1])) if i else None  # an older bar: no effect
+            if i:
+                live.on_revision(revise(bars[i - 1], close=1.0))  # an older bar: no effect
         final.append(b)
     tail = bars_of([1.02 * c for c in close[-10:]], [0.97 * c for c in close[-10:]],
                    close[-10:], tf="1m")
