@@ -102,6 +102,21 @@ class Settings(BaseSettings):
     regime_weights: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description="timeframe:weight,...; unset: 1, 2, 3... by rank")
 
+    # decision policy (docs/decision.md)
+    decision_min_confidence: float = Field(default=0.6, ge=0.0, le=1.0,
+                                           description="fused confidence needed to open")
+    decision_cooldown_bars: int = Field(default=5, ge=0, le=100_000,
+                                        description="bars after a BUY/SELL before a new entry")
+    decision_timeframe: str | None = Field(default=None,
+                                           description="deciding timeframe; unset: the finest")
+    decision_allow_short: bool = True
+    decision_momentum_bars: int = Field(default=20, ge=1, le=10_000)
+    decision_trend_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
+    decision_trend_exit_atr: float = Field(default=0.0, ge=-1000.0, le=1000.0)
+    decision_mean_bars: int = Field(default=20, ge=2, le=10_000)
+    decision_mr_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
+    decision_mr_exit_atr: float = Field(default=0.25, ge=0.0, le=1000.0)
+
     # stores
     store_batch_size: int = Field(default=500, ge=1, le=100_000)
     store_flush_ms: int = Field(default=250, ge=10, le=60_000)

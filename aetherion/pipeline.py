@@ -28,6 +28,9 @@ from aetherion.api.payloads import (
     transition_json,
 )
 from aetherion.config import MarketConfig, Settings
+from aetherion.decision.config import DecisionConfig
+from aetherion.decision.model import Decision, PolicyState
+from aetherion.decision.policy import DecisionPolicy
 from aetherion.domain import (
     Bar,
     BookSnapshot,
@@ -74,6 +77,8 @@ class Sink(Protocol):
 
     def model(self, market: MarketConfig, mv: ModelVersion) -> None: ...
 
+    def decision(self, market: MarketConfig, d: Decision) -> None: ...
+
 
 class ListSink:
     """Keeps every event in lists (replay, tests); ticks are counted, not kept."""
@@ -86,6 +91,7 @@ class ListSink:
         self.regimes: list[RegimeUpdate] = []
         self.transitions: list[Transition] = []
         self.models: list[ModelVersion] = []
+        self.decisions: list[Decision] = []
 
     def ticks(self, market: MarketConfig, ticks: Sequence[Tick]) -> None:
         self.n_ticks += len(ticks)
@@ -107,6 +113,9 @@ class ListSink:
 
     def model(self, market: MarketConfig, mv: ModelVersion) -> None:
         self.models.append(mv)
+
+    def decision(self, market: MarketConfig, d: Decision) -> None:
+        self.decisions.append(d)
 
 
 #: Runs a training request somewhere and hands the result to ``pipeline.install``.
@@ -130,6 +139,7 @@ class MarketPipeline:
         self.candles = CandleEngine(market.id, settings.timeframes, settings.bar_grace_ms)
         self.features = {tf: FeatureEngine(market.id, tf) for tf in settings.timeframes}
         self.regime = RegimeEngine(market.id, self.candles.timeframes, settings)
+        self.policy = DecisionPolicy(market.id, DecisionConfig.from_settings(settings))
         self.last_closed: dict[str, Bar] = {}
         self.last_features: dict[str, Features] = {}
         self.event_ms = 0  # close time of the latest bars fed through (event time)
@@ -168,9 +178,14 @@ class MarketPipeline:
                 self.last_features[tf] = f
                 self.sink.features(self.market, f)
                 self.regime.on_features(f, schedule=False)
+                self.policy.observe(bar)
                 self.event_ms = max(self.event_ms, bar.close_time)
         self.regime.end_warm_up()
         self._train()
+
+    def restore_policy(self, state: PolicyState) -> None:
+        """The position, cooldown and last decided bar as the store has them (a restart)."""
+        self.policy = DecisionPolicy(self.market.id, self.policy.cfg, state)
 
     def install(self, result: FitResult) -> ModelVersion:
         """A finished fit: in force from the next bar after what has been fed so far."""
@@ -211,6 +226,11 @@ class MarketPipeline:
         self.sink.regime(self.market, fused)
         if transition is not None:
             self.sink.transition(self.market, transition)
+        for bar, f in group:
+            if bar.timeframe == self.policy.timeframe:
+                d = self.policy.on_bar(bar, f, fused)
+                if d is not None:
+                    self.sink.decision(self.market, d)
         self.event_ms = max(self.event_ms, close_time)
         self._train()
 
@@ -328,6 +348,7 @@ class Runtime:
         self._pool: ProcessPoolExecutor | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.latest_decisions: dict[str, Decision] = {}
 
     # Sink ------------------------------------------------------------------------------------
 
@@ -365,6 +386,15 @@ class Runtime:
         log.info("regime model trained", market=market.id, timeframe=mv.timeframe,
                  version=mv.version, status=mv.status, reason=mv.reason, n_obs=mv.n_obs,
                  effective_from=mv.effective_from)
+
+    def decision(self, market: MarketConfig, d: Decision) -> None:
+        self.state_writer.put("decisions", [d.model_dump()])
+        self.latest_decisions[market.id] = d
+        self.hubs["decision"].publish(market.id, encode("decision", market.id,
+                                                        d.model_dump(mode="json")))
+        if d.action != "HOLD":
+            log.info("decision", market=market.id, action=d.action, rule=d.rule,
+                     position=d.position_after, regime=d.regime, confidence=d.confidence)
 
     def book(self, market: MarketConfig, book: BookSnapshot) -> None:
         self.writer.put(f"books:{market.venue}", [book])
@@ -409,6 +439,7 @@ class Runtime:
     # start / stop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        from aetherion.decision.store import load_policy_state, write_decisions
         from aetherion.storage.market import open_market_store
         from aetherion.storage.state import StateStore
         from aetherion.storage.writer import BufferedWriter, state_kinds
@@ -417,7 +448,13 @@ class Runtime:
         self.state = await StateStore.open(s.sql_url)
         self.store = await open_market_store(s, self.state.engine)
         self.writer = BufferedWriter.for_market(self.store, s)
-        self.state_writer = BufferedWriter("state", state_kinds(self.state), s)
+        engine = self.state.engine
+
+        async def decisions(rows: list[dict[str, Any]]) -> None:
+            await write_decisions(engine, [Decision.model_validate(r) for r in rows])
+
+        self.state_writer = BufferedWriter(
+            "state", {**state_kinds(self.state), "decisions": (dict, decisions)}, s)
         self.writer.start()
         self.state_writer.start()
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
@@ -430,6 +467,12 @@ class Runtime:
                     live.pipeline.regime.restore(tf, mv.params, mv.version)
                     log.info("regime model reused", market=m.id, timeframe=tf,
                              version=mv.version)
+            policy = live.pipeline.policy
+            restored = await load_policy_state(self.state.engine, m.id, policy.timeframe)
+            if restored is not None:
+                live.pipeline.restore_policy(restored)
+                log.info("position restored", market=m.id, position=restored.position,
+                         last_bar_time=restored.last_bar_time)
             await self._warm(live)
             live.tasks = [
                 asyncio.create_task(self._guard(m, live.connector.run(live.queue), "connector")),

@@ -240,7 +240,7 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     base = TIMEFRAME_MS[timeframe]
     tfs = [timeframe] + [t for t in settings.timeframes
                          if TIMEFRAME_MS[t] > base and TIMEFRAME_MS[t] % base == 0]
-    s = settings.model_copy(update={"timeframes": tuple(tfs)})
+    s = settings.model_copy(update={"timeframes": tuple(tfs), "decision_timeframe": timeframe})
     market = MarketConfig(id=market_id, venue="crypto", connector="simulator", symbol=market_id)
     sink = ListSink()
     pipe = MarketPipeline(market, s, sink)
@@ -303,11 +303,15 @@ def _candles(df: pl.DataFrame, market: str, timeframe: str, base: int) -> list[B
 def _rows(sink: ListSink, timeframe: str) -> list[dict[str, Any]]:
     feats = {f.open_time: f for f in sink.features_ if f.timeframe == timeframe}
     fused = {u.open_time: u for u in sink.regimes if u.timeframe == "fused"}
+    decided = {d.bar_time: d for d in sink.decisions}
     rows = []
+    position = "flat"
     for b in sink.bars:
         if b.timeframe != timeframe or b.revision:
             continue
-        f, u = feats.get(b.open_time), fused.get(b.open_time)
+        f, u, d = feats.get(b.open_time), fused.get(b.open_time), decided.get(b.open_time)
+        if d is not None:
+            position = d.position_after
         rows.append({
             "ts": datetime.fromtimestamp(b.open_time / 1000, tz=UTC).isoformat().replace(
                 "+00:00", "Z"),
@@ -319,9 +323,11 @@ def _rows(sink: ListSink, timeframe: str) -> list[dict[str, Any]]:
             "regime": u.regime if u else "unknown",
             "confidence": u.confidence if u else 0.0,
             "strategy": u.strategy if u else None,
-            "action": "HOLD", "position": "flat",
+            "action": d.action if d else "HOLD", "position": position,
             "open_time": b.open_time, "trade_count": b.trade_count,
             "model_version": u.model_version if u else None,
+            "rule": d.rule if d else None, "suppressed": d.suppressed if d else None,
+            "reason": d.reason if d else None,
         })
     return rows
 
