@@ -309,6 +309,7 @@ def test_config_defaults_and_validation() -> None:
                          decision_allow_short=False, decision_min_confidence=0.8)
     c = DecisionConfig.from_settings(ns)
     assert (c.timeframe, c.allow_short, c.min_confidence) == ("5m", False, 0.8)
+    assert DecisionConfig(timeframe="").resolved(["1s", "1h"]).timeframe == "1h"
     with pytest.raises(ValueError, match="not among the configured"):
         DecisionConfig(timeframe="1h").resolved(["1m"])
     for bad in ({"min_confidence": 1.5}, {"trend_exit_atr": 2.0}, {"mr_exit_atr": 1.5},

@@ -46,9 +46,10 @@ class DecisionConfig(BaseModel):
     @field_validator("timeframe")
     @classmethod
     def _known_timeframe(cls, v: str | None) -> str | None:
+        v = (v or "").strip() or None  # unset or empty: the default
         if v is not None and v not in TIMEFRAME_MS:
             raise ValueError(f"unknown timeframe {v!r}; known: {', '.join(TIMEFRAME_MS)}")
-        return v or None
+        return v
 
     @model_validator(mode="after")
     def _exit_inside_entry(self) -> DecisionConfig:
