@@ -6,6 +6,9 @@
 - ``mongo_url``: ``AETHERION_TEST_MONGO_URL``, or an ``nx-27017`` MongoDB wire-protocol server
   started on a free port for the session.
 - ``sql_url``: each SQL backend in turn (embedded SQLite, then MySQL).
+- ``own_nx``: an ``nx-27017`` server of the test's own, which the test may stop and start again.
+- ``TcpProxy``: a loopback TCP relay in front of a real server; ``stop()`` makes the server
+  unreachable (refused connections, live ones cut), ``start()`` brings it back on the same port.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -134,3 +137,74 @@ def mongo_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def mongo_db() -> str:
     return f"aeth_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def own_nx(tmp_path: Path) -> Iterator[NxServer]:
+    data = tmp_path / "nx"
+    data.mkdir()
+    server = NxServer(data)
+    server.start()
+    yield server
+    server.stop()
+
+
+class TcpProxy:
+    """Relays ``127.0.0.1:port`` to ``target``, in the test's event loop."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+        for t in list(self._relays):
+            t.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+            self._writers |= {writer, up_w}
+            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+        except (OSError, asyncio.CancelledError):
+            pass  # the proxy is stopping, or the target is gone: cut the client off
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+            self._relays.discard(task)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.transport.abort()
+
+
+@pytest.fixture
+async def mysql_proxy(mysql_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the test's MySQL database, and the database's URL through it."""
+    u = make_url(mysql_url)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 3306)
+    await proxy.start()
+    yield proxy, str(u.set(host="127.0.0.1", port=proxy.port))
+    await proxy.stop()

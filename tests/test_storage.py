@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import NxServer, TcpProxy
 from sqlalchemy import inspect, text
 
 from aetherion.config import Settings
@@ -156,68 +158,127 @@ async def test_writer_batches_and_drains(store: MarketStore, tmp_path: Path) -> 
     writer.start()
     ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(100)]
     for i in range(0, 100, 9):
-        writer.put("ticks", ticks[i:i + 9])
-    writer.put("bars", [bar(0)])
+        writer.put_ticks(ticks[i:i + 9])
+    writer.put_bars([bar(0)])
     await writer.close()
     assert writer.backlog == 0 and writer.written == 101
     assert len(await store.ticks("btc", 1000)) == 100
 
 
-class FlakyStore:
-    """A real store behind a switch: while ``down`` every write fails as a dead server would."""
-
-    def __init__(self, inner: MarketStore) -> None:
-        self.inner, self.down, self.name = inner, True, "flaky"
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not name.startswith("write_"):
-            return attr
-
-        async def write(*args: Any) -> None:
-            if self.down:
-                raise ConnectionError("store unreachable")
-            await attr(*args)
-        return write
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
-async def test_writer_survives_outage_and_spills(store: MarketStore, tmp_path: Path) -> None:
-    flaky = FlakyStore(store)
+async def outage_round(store: MarketStore, down: Callable[[], Awaitable[None]],
+                       up: Callable[[], Awaitable[None]], spool: Path) -> BufferedWriter:
+    """Write through an outage: rows before, during (spilled past the bound) and after it."""
     settings = Settings(store_batch_size=50, store_flush_ms=10, store_buffer_rows=100)
-    writer = BufferedWriter.for_market(flaky, settings, spool_dir=tmp_path / "spool")  # type: ignore[arg-type]
+    writer = BufferedWriter.for_market(store, settings, spool_dir=spool)
     writer.start()
-    ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(1000)]
-    for i in range(0, 1000, 10):
-        writer.put("ticks", ticks[i:i + 10])
-        writer.put("bars", [bar(i * 60_000)])
-    assert writer.spilled > 0 and writer.backlog <= 110  # memory stayed bounded
-    import asyncio
-    await asyncio.sleep(0.3)
-    assert writer.errors > 0
-    flaky.down = False
+    ticks = [Tick("btc", i, 100.0 + i, 1.0, BUY, str(i)) for i in range(1200)]
+    writer.put_ticks(ticks[:200])
+    await until(lambda: writer.backlog == 0)
+    await down()
+    writer.put_bars([bar(0, close=5.0, revision=1)])  # spilled soon; replayed after recovery
+    for i in range(200, 1200, 10):
+        writer.put_ticks(ticks[i:i + 10])
+        writer.put_bars([bar(60_000 * (i // 10))])
+        assert writer.in_memory <= 100 + 11  # memory stays bounded
+        await asyncio.sleep(0.001)
+    writer.put_bars([bar(0, close=1.0, revision=0)])  # an older revision, still in memory
+    await until(lambda: writer.errors > 0)
+    assert writer.spilled > 0 and list(spool.rglob("spill-*.jsonl"))
+    await up()
     await writer.close()
+    assert writer.backlog == 0 and writer.rejected == 0
+    assert not list(spool.rglob("*.jsonl"))
     got = await store.ticks("btc", 5000)
-    assert sorted(int(t.trade_id or 0) for t in got) == list(range(1000))  # none lost, no dupes
-    assert len(await store.bars("btc", "1m", 5000)) == 100
-    assert not list((tmp_path / "spool").rglob("*.jsonl"))
+    assert sorted(int(t.trade_id or 0) for t in got) == list(range(1200))  # none lost, no dupes
+    bars = await store.bars("btc", "1m", 5000)
+    assert len(bars) == 101 and bars[-1].open_time == 0
+    assert (bars[-1].close, bars[-1].revision) == (5.0, 1)  # the newest revision won
+    return writer
+
+
+async def test_writer_mysql_unreachable_then_back(
+    mysql_proxy: tuple[TcpProxy, str], tmp_path: Path
+) -> None:
+    proxy, url = mysql_proxy
+    state = await StateStore.open(url)
+    await outage_round(SqlMarketStore(state.engine), proxy.stop, proxy.start, tmp_path / "sp")
+    await state.close()
+
+
+async def test_writer_mongo_stopped_then_started(own_nx: NxServer, tmp_path: Path) -> None:
+    store = await MongoMarketStore.open(own_nx.url, "aeth_outage", timeout_ms=300)
+
+    async def down() -> None:
+        await asyncio.to_thread(own_nx.stop)
+
+    async def up() -> None:
+        await asyncio.to_thread(own_nx.start)
+
+    await outage_round(store, down, up, tmp_path / "sp")
+    assert await store.db["market_ticks"].count_documents({"market": "btc"}) == 1200
+    await store.close()
 
 
 async def test_writer_close_while_down_keeps_rows_for_next_start(
-    store: MarketStore, tmp_path: Path
+    mysql_proxy: tuple[TcpProxy, str], tmp_path: Path
 ) -> None:
-    flaky = FlakyStore(store)
+    proxy, url = mysql_proxy
+    state = await StateStore.open(url)
+    store = SqlMarketStore(state.engine)
     settings = Settings(store_batch_size=50, store_flush_ms=10)
     spool = tmp_path / "spool"
-    writer = BufferedWriter.for_market(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    await proxy.stop()
+    writer = BufferedWriter.for_market(store, settings, spool_dir=spool)
     writer.start()
-    writer.put("ticks", [Tick("btc", i, 1.0, 1.0, SELL, str(i)) for i in range(30)])
+    writer.put_ticks([Tick("btc", i, 1.0, 1.0, SELL, str(i)) for i in range(30)])
     await writer.close(grace_s=0.3)
-    assert list(spool.rglob("*.jsonl"))
-    flaky.down = False
-    again = BufferedWriter.for_market(flaky, settings, spool_dir=spool)  # type: ignore[arg-type]
+    assert writer.backlog == 30 and list(spool.rglob("*.jsonl"))
+    await proxy.start()
+    again = BufferedWriter.for_market(store, settings, spool_dir=spool)
     again.start()
+    assert again.backlog == 30  # the journal is counted from the start
     await again.close()
+    assert again.backlog == 0 and not list(spool.rglob("*.jsonl"))
     assert len(await store.ticks("btc", 100)) == 30
+    await state.close()
+
+
+async def test_writer_sets_aside_rows_the_store_refuses(mysql_url: str, tmp_path: Path) -> None:
+    state = await StateStore.open(mysql_url)
+    store = SqlMarketStore(state.engine)
+    writer = BufferedWriter.for_market(store, Settings(store_flush_ms=10), tmp_path / "spool")
+    writer.start()
+    bad = Tick("btc", 5, 1.0, 1.0, BUY, "x" * 300)  # longer than the trade_id column
+    writer.put_ticks([Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(10)] + [bad])
+    await writer.close(grace_s=5)
+    assert writer.rejected == 1 and writer.backlog == 0
+    assert len(await store.ticks("btc", 100)) == 10
+    rejected = (tmp_path / "spool" / "market" / "rejected.jsonl").read_text()
+    assert "x" * 300 in rejected
+    await state.close()
+
+
+async def test_writer_replays_a_journal_cut_short(tmp_path: Path) -> None:
+    state = await StateStore.open(f"sqlite+aiosqlite:///{tmp_path}/m.db")
+    store = SqlMarketStore(state.engine)
+    spool = tmp_path / "spool" / "market"
+    spool.mkdir(parents=True)
+    ticks = [Tick("btc", i, 1.0, 1.0, BUY, str(i)) for i in range(3)]
+    line = msgspec.json.encode(("ticks", ticks))
+    (spool / "spill-1-1.jsonl").write_bytes(line + b"\n" + line[:25])  # a crash mid-line
+    writer = BufferedWriter.for_market(store, Settings(store_flush_ms=10), tmp_path / "spool")
+    writer.start()
+    await writer.close()
+    assert writer.rejected == 1 and not list(spool.glob("spill-*"))
+    assert [t.trade_id for t in await store.ticks("btc", 10)] == ["2", "1", "0"]
+    await state.close()
 
 
 async def test_history_bars_never_replace_recorded_ones(store: MarketStore) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aetherion.config import Settings
 from aetherion.domain import Bar, BookSnapshot, Features, Tick
 from aetherion.storage import schema as s
-from aetherion.storage.sql import insert_ignore, upsert_if
+from aetherion.storage.sql import finite, insert_ignore, upsert_if
 
 __all__ = [
     "MarketStore", "MongoMarketStore", "SqlMarketStore", "bar_row", "book_row", "feature_row",
@@ -76,9 +76,10 @@ def _bar(r: Any) -> Bar:
 
 def feature_row(f: Features) -> dict[str, Any]:
     row: dict[str, Any] = {"market": f.market, "timeframe": f.timeframe,
-                           "open_time": f.open_time, "extra": dict(f.extra)}
+                           "open_time": f.open_time,
+                           "extra": {k: finite(v) for k, v in f.extra.items()}}
     for c in s.FEATURE_COLUMNS:
-        row[c] = getattr(f, c)
+        row[c] = finite(getattr(f, c))
     return row
 
 
@@ -95,6 +96,12 @@ def book_row(b: BookSnapshot) -> dict[str, Any]:
 def _book(r: Any) -> BookSnapshot:
     return BookSnapshot(r["market"], r["ts"], tuple(tuple(x) for x in r["bids"]),
                         tuple(tuple(x) for x in r["asks"]), r["sequence"] or None, r["state"])
+
+
+def _venue(venue: str) -> str:
+    if venue not in s.BOOK_TABLES:
+        raise ValueError(f"unknown venue {venue!r}; expected one of {sorted(s.BOOK_TABLES)}")
+    return venue
 
 
 def _window(q: Any, col: Any, since: int | None, until: int | None) -> Any:
@@ -138,7 +145,7 @@ class SqlMarketStore:
         await self._write(self._features, [feature_row(f) for f in rows])
 
     async def write_books(self, venue: str, books: list[BookSnapshot]) -> None:
-        await self._write(self._books[venue], [book_row(b) for b in books])
+        await self._write(self._books[_venue(venue)], [book_row(b) for b in books])
 
     async def _rows(self, q: Any) -> list[Any]:
         async with self.engine.connect() as conn:
@@ -166,7 +173,7 @@ class SqlMarketStore:
         return [_features(r) for r in await self._rows(q)]
 
     async def latest_book(self, venue: str, market: str) -> BookSnapshot | None:
-        t: Table = s.BOOK_TABLES[venue]
+        t: Table = s.BOOK_TABLES[_venue(venue)]
         q = select(t).where(t.c.market == market).order_by(t.c.ts.desc(), t.c.id.desc())
         rows = await self._rows(q.limit(1))
         return _book(rows[0]) if rows else None
@@ -208,14 +215,15 @@ class MongoMarketStore:
 
     name = "mongo"
 
-    def __init__(self, url: str, db: str) -> None:
+    def __init__(self, url: str, db: str, timeout_ms: int = 5000) -> None:
+        """``timeout_ms``: how long an operation waits for an unreachable server."""
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=5000)
+            url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms)
         self.db = self.client[db]
 
     @classmethod
-    async def open(cls, url: str, db: str) -> MongoMarketStore:
-        store = cls(url, db)
+    async def open(cls, url: str, db: str, timeout_ms: int = 5000) -> MongoMarketStore:
+        store = cls(url, db, timeout_ms)
         for name, indexes in _INDEXES.items():
             await store.db[name].create_indexes(indexes)
         return store
@@ -255,7 +263,7 @@ class MongoMarketStore:
         await self._insert("market_features", [feature_row(f) for f in rows])
 
     async def write_books(self, venue: str, books: list[BookSnapshot]) -> None:
-        await self._insert(f"{venue}_orderbook", [book_row(b) for b in books])
+        await self._insert(f"{_venue(venue)}_orderbook", [book_row(b) for b in books])
 
     async def _find(self, coll: str, flt: dict[str, Any], field: str, limit: int,
                     since: int | None, until: int | None) -> list[dict[str, Any]]:
@@ -283,7 +291,8 @@ class MongoMarketStore:
         return [_features(r) for r in rows]
 
     async def latest_book(self, venue: str, market: str) -> BookSnapshot | None:
-        rows = await self._find(f"{venue}_orderbook", {"market": market}, "ts", 1, None, None)
+        rows = await self._find(f"{_venue(venue)}_orderbook", {"market": market}, "ts", 1,
+                                None, None)
         return _book(rows[0]) if rows else None
 
     async def ping(self) -> None:

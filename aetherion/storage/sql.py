@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Table, case
@@ -11,7 +12,12 @@ from sqlalchemy.sql.dml import Insert
 
 from aetherion.storage.migrate import ensure_sqlite_dir
 
-__all__ = ["insert_ignore", "make_engine", "upsert", "upsert_if"]
+__all__ = ["finite", "insert_ignore", "make_engine", "upsert", "upsert_if"]
+
+
+def finite(x: float | None) -> float | None:
+    """NaN and infinities are stored as null: MySQL and JSON have no place for them."""
+    return x if x is None or math.isfinite(x) else None
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aetherion.domain import ModelVersion, RegimeUpdate, Transition
 from aetherion.storage import schema as s
 from aetherion.storage.migrate import upgrade_engine
-from aetherion.storage.sql import insert_ignore, make_engine, upsert
+from aetherion.storage.sql import finite, insert_ignore, make_engine, upsert
 
 __all__ = ["StateStore"]
 
@@ -61,8 +61,9 @@ class StateStore:
         now = _now_ms()
         rows = [{
             "market": u.market, "timeframe": u.timeframe, "open_time": u.open_time,
-            "regime_raw": u.regime_raw, "regime": u.regime, "confidence": u.confidence,
-            "probs": dict(u.probs), "model_version": u.model_version, "strategy": u.strategy,
+            "regime_raw": u.regime_raw, "regime": u.regime, "confidence": finite(u.confidence),
+            "probs": {k: finite(v) for k, v in u.probs.items()},
+            "model_version": u.model_version, "strategy": u.strategy,
             "contributions": dict(u.contributions) if u.contributions else None,
             "created_at": now,
         } for u in updates]
@@ -75,7 +76,8 @@ class StateStore:
         now = _now_ms()
         rows = [{
             "market": t.market, "timeframe": t.timeframe, "open_time": t.open_time,
-            "from_regime": t.from_regime, "to_regime": t.to_regime, "confidence": t.confidence,
+            "from_regime": t.from_regime, "to_regime": t.to_regime,
+            "confidence": finite(t.confidence),
             "from_strategy": t.from_strategy, "to_strategy": t.to_strategy, "cause": t.cause,
             "created_at": now,
         } for t in transitions]
@@ -87,7 +89,8 @@ class StateStore:
             "market": v.market, "timeframe": v.timeframe, "version": v.version,
             "effective_from": v.effective_from, "trained_at": v.trained_at,
             "train_start": v.train_start, "train_end": v.train_end, "n_obs": v.n_obs,
-            "loglik": v.loglik, "params": v.params, "status": v.status, "reason": v.reason[:255],
+            "loglik": finite(v.loglik), "params": v.params, "status": v.status,
+            "reason": v.reason[:255],
         } for v in versions]
         if rows:
             async with self.engine.begin() as conn:

@@ -4,7 +4,11 @@ The pipeline hands rows over without waiting (``put_*``). A background task writ
 batches; when the store fails it keeps the batch and retries with capped back-off, so a store
 outage never stops the pipeline and loses nothing; idempotent keys make a retried batch harmless.
 Memory is bounded: beyond ``store_buffer_rows`` waiting rows, the oldest are appended to a spill
-journal under ``var/spool/`` and written back once the store has caught up.
+journal under ``var/spool/<name>/`` (JSON lines) and written back once the store answers again.
+
+A batch the store refuses while it answers a ping is bad data, not an outage: it is written row
+by row and the rows the store still refuses go to ``rejected.jsonl`` beside the journal, counted in
+``rejected`` and logged, so one bad row never blocks the rest.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,10 @@ __all__ = ["BufferedWriter", "market_kinds", "state_kinds"]
 log = structlog.get_logger(__name__)
 
 Write = Callable[[list[Any]], Coroutine[Any, Any, Any]]
+Ping = Callable[[], Awaitable[None]]
+PING_TIMEOUT_S = 5.0
+MAX_BACKOFF_S = 10.0
+REJECTED = "rejected.jsonl"
 
 
 def market_kinds(store: MarketStore) -> dict[str, tuple[type[Any], Write]]:
@@ -67,12 +76,17 @@ def state_kinds(state: StateStore) -> dict[str, tuple[type[Any], Write]]:
 
 
 class BufferedWriter:
-    """``kinds``: kind → (row type, async write of a batch). Kinds are written in this order."""
+    """``kinds``: kind → (row type, async write of a batch). Kinds are written in this order.
+
+    ``ping`` (optional) tells an outage from rows the store refuses; without it every failure
+    is treated as an outage and retried.
+    """
 
     def __init__(self, name: str, kinds: dict[str, tuple[type[Any], Write]], settings: Settings,
-                 spool_dir: Path | str = "var/spool") -> None:
+                 spool_dir: Path | str = "var/spool", ping: Ping | None = None) -> None:
         self.name = name
         self.kinds = kinds
+        self.ping = ping
         self.batch = settings.store_batch_size
         self.flush_s = settings.store_flush_ms / 1000
         self.bound = settings.store_buffer_rows
@@ -82,14 +96,22 @@ class BufferedWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._down = False
+        self._spill_logged = False
+        self._journal_rows = 0  # rows in journal files not yet written back
         self.errors = 0
         self.written = 0
         self.spilled = 0
+        self.rejected = 0
 
     @classmethod
     def for_market(cls, store: MarketStore, settings: Settings,
                    spool_dir: Path | str = "var/spool") -> BufferedWriter:
-        return cls("market", market_kinds(store), settings, spool_dir)
+        return cls("market", market_kinds(store), settings, spool_dir, store.ping)
+
+    @classmethod
+    def for_state(cls, state: StateStore, settings: Settings,
+                  spool_dir: Path | str = "var/spool") -> BufferedWriter:
+        return cls("state", state_kinds(state), settings, spool_dir, state.ping)
 
     # ---- the pipeline's side: never waits --------------------------------------------------
 
@@ -98,18 +120,36 @@ class BufferedWriter:
         q.extend(rows)
         if len(q) >= self.batch:
             self._wake.set()
-        if self.backlog > self.bound:
+        if self.in_memory > self.bound:
             self._spill()
+
+    def put_ticks(self, ticks: list[Tick]) -> None:
+        self.put("ticks", ticks)
+
+    def put_bars(self, bars: list[Bar]) -> None:
+        self.put("bars", bars)
+
+    def put_features(self, rows: list[Features]) -> None:
+        self.put("features", rows)
+
+    def put_books(self, venue: str, books: list[BookSnapshot]) -> None:
+        self.put(f"books:{venue}", books)
+
+    @property
+    def in_memory(self) -> int:
+        return sum(len(q) for q in self._queues.values())
 
     @property
     def backlog(self) -> int:
-        """Rows waiting in memory (spilled rows are counted in ``spilled`` until written)."""
-        return sum(len(q) for q in self._queues.values())
+        """Rows waiting to be written: in memory and in the spill journal."""
+        return self.in_memory + self._journal_rows
 
     # ---- the background task ----------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._journal_rows = sum(len(r) for p in self._spool_files()
+                                 for _, r in self._read(p, report=False))
+        self._task = asyncio.create_task(self._run(), name=f"writer:{self.name}")
 
     async def close(self, grace_s: float = 15.0) -> None:
         """Write everything that is waiting, then stop. If the store is still down after
@@ -124,7 +164,7 @@ class BufferedWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            if self.backlog:
+            if self.in_memory:
                 self._spill(share=1.0)
 
     async def _run(self) -> None:
@@ -132,52 +172,85 @@ class BufferedWriter:
         while True:
             if delay:
                 await asyncio.sleep(delay)
-            else:
+            elif not self._spool_files():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_s)
             self._wake.clear()
             try:
                 await self._flush()
-                await self._unspool()
+                await self._unspool_one()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the store is down or refusing: keep the rows, retry
+            except Exception as e:  # the store is down: keep the rows, retry
                 self.errors += 1
-                delay = min(max(delay * 2, 0.2), 10.0) * (0.8 + 0.4 * random.random())  # noqa: S311
+                delay = min(max(delay * 2, 0.2), MAX_BACKOFF_S) * (0.8 + 0.4 * random.random())  # noqa: S311
                 if not self._down:
                     self._down = True
-                    log.warning("market store write failed; buffering and retrying",
-                                store=self.name, error=str(e) or type(e).__name__)
+                    log.warning("store write failed; buffering and retrying", store=self.name,
+                                error=str(e) or type(e).__name__, backlog=self.backlog)
                 continue
             if self._down:
-                self._down = False
-                log.info("market store writes recovered", store=self.name)
+                self._down = self._spill_logged = False
+                log.info("store writes recovered", store=self.name, backlog=self.backlog,
+                         spilled_total=self.spilled)
             delay = 0.0
-            if self._closing and not self.backlog and not self._spool_files():
-                return
+            if not self._spool_files():
+                self._spill_logged = False  # caught up: the next spill is news again
+                if self._closing and not self.in_memory:
+                    return
 
     async def _flush(self) -> None:
         for kind, q in self._queues.items():
             while q:
                 n = min(len(q), self.batch)
-                rows = [q[i] for i in range(n)]
-                await self._write(kind)(rows)
+                await self._write_batch(kind, [q[i] for i in range(n)])
                 for _ in range(n):  # only after the store took them
                     q.popleft()
                 self.written += n
 
-    def _write(self, kind: str) -> Write:
-        return self.kinds[kind][1]
+    async def _write_batch(self, kind: str, rows: list[Any]) -> None:
+        write = self.kinds[kind][1]
+        try:
+            await write(rows)
+        except Exception:
+            if not await self._store_answers():
+                raise
+            for row in rows:  # the store is up but refuses the batch: find the bad rows
+                try:
+                    await write([row])
+                except Exception as e:
+                    if not await self._store_answers():
+                        raise
+                    self._reject(kind, row, e)
+
+    async def _store_answers(self) -> bool:
+        if self.ping is None:
+            return False
+        try:
+            await asyncio.wait_for(self.ping(), PING_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - any failure means the store is not answering
+            return False
+        return True
+
+    def _reject(self, kind: str, row: Any, e: Exception) -> None:
+        self.spool.mkdir(parents=True, exist_ok=True)
+        with (self.spool / REJECTED).open("ab") as f:
+            f.write(msgspec.json.encode((kind, [row])) + b"\n")
+        self.rejected += 1
+        log.error("store refused a row; kept in rejected.jsonl", store=self.name, kind=kind,
+                  error=str(e)[:300] or type(e).__name__, rejected=self.rejected)
 
     # ---- spill journal ----------------------------------------------------------------------
 
     def _spool_files(self) -> list[Path]:
-        return sorted(self.spool.glob("*.jsonl")) if self.spool.exists() else []
+        if not self.spool.exists():
+            return []
+        return sorted(p for p in self.spool.glob("*.jsonl") if p.name != REJECTED)
 
     def _spill(self, share: float = 0.5) -> None:
         """Move the oldest ``share`` of the waiting rows of every kind to a journal file."""
         self.spool.mkdir(parents=True, exist_ok=True)
-        path = self.spool / f"{os.getpid()}-{self.spilled:012d}.jsonl"
+        path = self.spool / f"spill-{time.time_ns()}-{os.getpid()}.jsonl"
         enc = msgspec.json.Encoder()
         moved = 0
         with path.open("ab") as f:
@@ -191,18 +264,41 @@ class BufferedWriter:
             f.flush()
             os.fsync(f.fileno())
         self.spilled += moved
-        log.warning("market store backlog spilled to disk", store=self.name,
-                    rows=moved, file=str(path))
+        self._journal_rows += moved
+        self._wake.set()
+        if not self._spill_logged:  # once per outage; the recovery line gives the total
+            self._spill_logged = True
+            log.warning("store backlog spilled to disk", store=self.name, rows=moved,
+                        file=str(path))
 
-    async def _unspool(self) -> None:
-        """Write journal files back, oldest first, once memory is empty."""
-        for path in self._spool_files():
-            if self.backlog:
-                return
-            for line in path.read_bytes().splitlines():
+    def _read(self, path: Path, report: bool = True) -> list[tuple[str, list[Any]]]:
+        """The journal file's batches; an unreadable line is counted and logged (``report``)."""
+        out: list[tuple[str, list[Any]]] = []
+        for line in path.read_bytes().splitlines():
+            try:
                 kind = msgspec.json.decode(line)[0]
                 row_type: Any = list.__class_getitem__(self.kinds[kind][0])
-                _, rows = msgspec.json.decode(line, type=tuple[str, row_type])
-                await self._write(kind)(rows)
-                self.written += len(rows)
-            path.unlink()
+                out.append(msgspec.json.decode(line, type=tuple[str, row_type]))
+            except (msgspec.DecodeError, KeyError, IndexError, TypeError) as e:
+                if not report:
+                    continue
+                self.rejected += 1  # e.g. a line cut short by a crash while spilling
+                log.error("unreadable spill journal line skipped", store=self.name,
+                          file=str(path), error=str(e)[:300], line=line[:200].decode(
+                              errors="replace"))
+        return out
+
+    async def _unspool_one(self) -> None:
+        """Write the oldest journal file back in batches; delete it once the store has it all.
+        (Order does not matter: every write is idempotent and bars keep the newest revision.)"""
+        files = self._spool_files()
+        if not files:
+            return
+        n = 0
+        for kind, rows in self._read(files[0]):
+            for i in range(0, len(rows), self.batch):
+                await self._write_batch(kind, rows[i:i + self.batch])
+            n += len(rows)
+        files[0].unlink()
+        self._journal_rows = max(0, self._journal_rows - n)
+        self.written += n
