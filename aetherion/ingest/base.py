@@ -61,6 +61,8 @@ class ConnectorStats:
         self.reconnects = 0
         self.gaps_detected = 0
         self.gaps_filled = 0
+        self.backfilled = 0  # trades fetched over REST to fill gaps
+        self.book_resyncs = 0  # order book rebuilt from a fresh snapshot after a sequence gap
         self.last_message_mono: float | None = None
         self.exchange_to_receive = LatencyWindow()
         self.receive_to_processed = LatencyWindow()
@@ -98,6 +100,8 @@ class ConnectorStats:
             "reconnects": self.reconnects,
             "gaps_detected": self.gaps_detected,
             "gaps_filled": self.gaps_filled,
+            "backfilled": self.backfilled,
+            "book_resyncs": self.book_resyncs,
             "latency_ms": {
                 "exchange_to_receive": self.exchange_to_receive.summary(),
                 "receive_to_processed": self.receive_to_processed.summary(),
