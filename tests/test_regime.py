@@ -1,0 +1,246 @@
+"""The regime model and engine: labels, the filter against hmmlearn, no look-ahead on real data,
+stability, fusion, strategy switching, rejection, persistence and reuse after a restart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import zipfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hmmlearn.hmm import GaussianHMM
+
+from aetherion.config import MarketConfig, Settings
+from aetherion.domain import REGIMES, Bar, Features
+from aetherion.features import FeatureEngine
+from aetherion.pipeline import ListSink, MarketPipeline
+from aetherion.regime.engine import STRATEGY_OF, RegimeEngine, Stability
+from aetherion.regime.model import (
+    BASE_INPUTS,
+    FitResult,
+    RegimeModel,
+    TrainRequest,
+    fit,
+    label_states,
+    observation,
+)
+from aetherion.storage.state import StateStore
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DAY = 86_400_000
+
+
+def spy_bars() -> list[Bar]:
+    with zipfile.ZipFile(DATA / "us_equities" / "daily_spy.zip") as z:
+        rows = list(csv.reader(io.TextIOWrapper(z.open("spy.csv"))))
+    out = []
+    for r in rows:
+        t = int(datetime.strptime(r[0][:8], "%Y%m%d").replace(tzinfo=UTC).timestamp() * 1000)
+        o, h, lo, c = (float(x) / 10_000 for x in r[1:5])
+        out.append(Bar("spy", "1d", t, o, h, lo, c, float(r[5]), 0.0, 0.0, 1, True, sided=False))
+    return out
+
+
+def run_daily(bars: list[Bar], settings: Settings) -> ListSink:
+    sink = ListSink()
+    s = settings.model_copy(update={"timeframes": ("1d",), "decision_timeframe": "1d"})
+    pipe = MarketPipeline(MarketConfig(id="spy", venue="us", connector="simulator",
+                                       symbol="SPY"), s, sink)
+    for i in range(0, len(bars), 500):
+        pipe.on_bars(bars[i:i + 500])
+    return sink
+
+
+@pytest.fixture(scope="module")
+def spy_full() -> tuple[list[Bar], ListSink]:
+    bars = spy_bars()
+    return bars, run_daily(bars, Settings())
+
+
+def spy_obs(n: int = 600) -> list[tuple[float, ...]]:
+    fe = FeatureEngine("spy", "1d")
+    obs = []
+    for b in spy_bars()[: n + 200]:
+        x = observation(fe.on_bar(b), BASE_INPUTS)
+        if x is not None:
+            obs.append(x)
+    return obs[:n]
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+def test_label_rule() -> None:
+    mean, std = np.zeros(2), np.ones(2)
+    # inputs: momentum, log volatility
+    means = np.array([[0.02, -4.0], [-0.03, -3.9], [0.0, -4.2], [-0.05, -2.5]])
+    assert label_states(means, mean, std) == ["bull", "bear", "sideways", "crisis"]
+    # the volatile state is not volatile enough (< 2x the others' median): no crisis
+    calm = np.array([[0.02, -4.0], [-0.03, -3.9], [0.0, -4.2], [-0.05, -3.5]])
+    assert label_states(calm, mean, std) == ["bull", "sideways", "sideways", "bear"]
+    # nothing rises: no bull; labels are read in the inputs' own units (scaler undone)
+    down = np.array([[-1.0, 0.0], [-2.0, 0.0], [-3.0, 0.0], [-4.0, 8.0]])
+    labels = label_states(down, np.array([0.0, -4.0]), np.array([0.01, 0.1]))
+    assert labels == ["sideways", "sideways", "bear", "crisis"]
+
+
+def test_filter_equals_hmmlearn_predict_proba() -> None:
+    obs = spy_obs(400)
+    res = fit(TrainRequest("spy", "1d", obs, BASE_INPUTS, 0, 1, seed=3, restarts=2))
+    assert res.ok, res.reason
+    model = RegimeModel(res.params)
+    ref = GaussianHMM(n_components=4, covariance_type="full")
+    ref.startprob_ = model.startprob
+    ref.transmat_ = model.transmat
+    ref.means_ = model.means
+    ref.covars_ = model.covars
+    z = np.array([model.standardize(x) for x in obs])
+    la = None
+    worst = 0.0
+    for t in range(len(z)):
+        la = model.filter_step(la, z[t])
+        expected = ref.predict_proba(z[: t + 1])[-1]
+        worst = max(worst, float(np.max(np.abs(np.exp(la) - expected))))
+    assert worst < 1e-9, worst
+
+
+def test_fit_is_deterministic_and_rejects_degenerate_input() -> None:
+    obs = spy_obs(300)
+    a = fit(TrainRequest("spy", "1d", obs, BASE_INPUTS, 0, 1, restarts=2))
+    b = fit(TrainRequest("spy", "1d", obs, BASE_INPUTS, 0, 1, restarts=2))
+    assert a.ok and a.params == b.params and a.loglik == b.loglik
+    const = [(0.01, -4.0)] * 300
+    bad = fit(TrainRequest("spy", "1d", const, BASE_INPUTS, 0, 1))
+    assert not bad.ok and "constant" in bad.reason
+    few = fit(TrainRequest("spy", "1d", obs[:30], BASE_INPUTS, 0, 1))
+    assert not few.ok and "too few" in few.reason
+
+
+def test_rejected_fit_keeps_previous_model() -> None:
+    s = Settings(timeframes="1m", regime_min_bars=50)  # type: ignore[arg-type]
+    eng = RegimeEngine("m", ["1m"], s)
+    obs = spy_obs(300)
+    good = fit(TrainRequest("m", "1m", obs, BASE_INPUTS, 0, 1, restarts=1))
+    mv1 = eng.install(good, 0)
+    mv2 = eng.install(FitResult(good.request, False, "a state holds 0.0% of the window"), 0)
+    assert (mv1.status, mv2.status) == ("active", "rejected") and mv2.version == 2
+    f = Features("m", "1m", 0, 1.0, volatility=0.01, extra={"momentum": 0.01})
+    u = eng.on_features(f)
+    assert u is not None and u.model_version == 1
+
+
+# ---- stability, fusion, strategy ---------------------------------------------------------------
+
+def p(**kw: float) -> dict[str, float]:
+    return {r: kw.get(r, 0.0) for r in REGIMES}
+
+
+def test_stability_needs_k_bars_above_threshold() -> None:
+    st = Stability(0.6, 3)
+    seq = [p(bull=0.9), p(bull=0.9), p(bull=0.55, bear=0.45), p(bull=0.9), p(bull=0.7),
+           p(bull=0.8), p(bear=0.95), p(bear=0.95), p(bull=0.9), p(bear=0.9)]
+    stable = []
+    for probs in seq:
+        st.step(probs)
+        stable.append(st.stable)
+    assert stable == ["unknown", "unknown", "unknown", "unknown", "unknown", "bull",
+                      "bull", "bull", "bull", "bull"]
+
+
+def test_fusion_weights_and_transition() -> None:
+    s = Settings(timeframes="1m,5m", regime_k=2)  # type: ignore[arg-type]
+    eng = RegimeEngine("m", ["1m", "5m"], s)
+    up, t = eng.fuse(60_000)
+    assert up.regime == "unknown" and up.confidence == 0.0 and t is None
+    eng.tracks["1m"].probs = p(bear=1.0)
+    eng.tracks["5m"].probs = p(bull=0.9, bear=0.1)
+    for close in (120_000, 180_000):
+        up, t = eng.fuse(close)
+    # weights 1 and 2 by rank: bull = 2*0.9/3 = 0.6, bear = (1 + 0.2)/3 = 0.4
+    assert up.probs["bull"] == pytest.approx(0.6) and up.probs["bear"] == pytest.approx(0.4)
+    assert up.contributions is not None
+    assert up.contributions["5m"]["weight"] == pytest.approx(2 / 3)
+    assert up.regime == "bull" and up.strategy == "trend_long" and t is not None
+    assert (t.from_regime, t.to_regime, t.to_strategy) == ("unknown", "bull", "trend_long")
+    assert "bull held" in t.cause
+    assert STRATEGY_OF == {"bull": "trend_long", "bear": "trend_short",
+                           "sideways": "mean_reversion", "crisis": "risk_off"}
+
+
+# ---- on real history ---------------------------------------------------------------------------
+
+def share(sink: ListSink, regime: str, start: str, end: str) -> float:
+    lo, hi = (int(datetime.fromisoformat(x).replace(tzinfo=UTC).timestamp() * 1000)
+              for x in (start, end))
+    rows = [u.regime for u in sink.regimes if u.timeframe == "fused" and lo <= u.open_time < hi]
+    return sum(r == regime for r in rows) / len(rows)
+
+
+def test_spy_daily_regimes_make_sense(spy_full: tuple[list[Bar], ListSink]) -> None:
+    _, sink = spy_full
+    assert share(sink, "crisis", "2008-09-15", "2009-01-01") > 0.6
+    assert share(sink, "crisis", "2020-03-01", "2020-05-01") > 0.5
+    assert share(sink, "crisis", "2017-01-01", "2018-01-01") < 0.05
+    assert share(sink, "bear", "2001-01-01", "2003-01-01") > 0.5
+    fused = [u for u in sink.regimes if u.timeframe == "fused" and u.regime != "unknown"]
+    assert all(u.strategy == STRATEGY_OF[u.regime] for u in fused)
+    assert all(0.0 <= u.confidence <= 1.0 + 1e-12 for u in fused)
+    years: dict[int, Counter[str]] = {}
+    for u in sink.regimes:
+        if u.timeframe == "fused":
+            years.setdefault(datetime.fromtimestamp(u.open_time / 1000, UTC).year,
+                             Counter())[u.regime] += 1
+    print("year  " + "  ".join(f"{r:>8}" for r in (*REGIMES, "unknown")))
+    for y, c in sorted(years.items()):
+        n = sum(c.values())
+        print(f"{y}  " + "  ".join(f"{c[r] / n:8.2f}" for r in (*REGIMES, "unknown")))
+
+
+@pytest.mark.parametrize("n", [900, 2600, 4100])
+def test_no_look_ahead_prefix_gives_prefix(
+    spy_full: tuple[list[Bar], ListSink], n: int
+) -> None:
+    bars, full = spy_full
+    part = run_daily(bars[:n], Settings())
+    cut = bars[n - 1].open_time
+
+    def upto(sink: ListSink) -> tuple[list[object], ...]:
+        return ([u for u in sink.regimes if u.open_time <= cut],
+                [d.model_dump(exclude={"created_at"}) for d in sink.decisions
+                 if d.bar_time <= cut],
+                [(m.version, m.effective_from, m.params) for m in sink.models
+                 if m.effective_from <= cut + DAY])
+
+    got, want = upto(part), upto(full)
+    assert len(got[0]) > 0 and got == want
+
+
+async def test_models_persist_and_are_reused_after_restart(sql_url: str) -> None:
+    bars = spy_bars()[:900]
+    s = Settings(timeframes="1d", decision_timeframe="1d")  # type: ignore[arg-type]
+    sink = run_daily(bars, s)
+    assert sink.models
+    state = await StateStore.open(sql_url)
+    await state.write_models(sink.models)
+    await state.write_models(sink.models)  # idempotent
+    latest = await state.latest_models("spy")
+    listed = await state.models("spy")
+    await state.close()
+    newest = max((m for m in sink.models if m.status == "active"), key=lambda m: m.version)
+    assert latest["1d"].version == newest.version and latest["1d"].params == newest.params
+    assert len(listed) == len(sink.models)
+    # A "restarted" engine with the stored model says exactly what the running one says.
+    fe = FeatureEngine("spy", "1d")
+    running = RegimeEngine("spy", ["1d"], s)
+    running.restore("1d", newest.params, newest.version)
+    restarted = RegimeEngine("spy", ["1d"], s)
+    restarted.restore("1d", latest["1d"].params, latest["1d"].version)
+    for b in bars[:400]:
+        f = fe.on_bar(b)
+        assert running.on_features(f, schedule=False) == restarted.on_features(
+            f, schedule=False)
+    assert math.isfinite(newest.loglik or 0.0)
