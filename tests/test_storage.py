@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -62,6 +66,22 @@ async def test_migrations_from_empty_and_again(sql_url: str) -> None:
     assert TABLES <= names
     assert diff == []  # the migrations build exactly what schema.py declares
     assert head == ScriptDirectory(str(migrations_dir())).get_current_head()
+
+
+async def test_db_upgrade_command_and_migrations_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "new" / "dir" / "a.db"
+    env = {**os.environ, "AETHERION_SQL_URL": f"sqlite+aiosqlite:///{db}"}
+    done = subprocess.run([sys.executable, "-m", "aetherion", "db", "upgrade"], env=env,  # noqa: S603
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert TABLES <= names
+    monkeypatch.setenv("AETHERION_MIGRATIONS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="AETHERION_MIGRATIONS_DIR"):
+        await upgrade(f"sqlite+aiosqlite:///{tmp_path}/b.db")
 
 
 async def test_system_state_round_trip(sql_url: str) -> None:
@@ -142,6 +162,12 @@ async def test_features_first_write_wins(store: MarketStore) -> None:
     await store.write_features([Features("btc", "1m", 0, 99.0)])
     got = await store.features("btc", "1m", 10)
     assert got == [g, f]
+    nan = Features("btc", "1m", 120_000, 12.0, float("nan"), float("inf"),
+                   extra={"momentum": float("-inf"), "log_range": 0.2})
+    await store.write_features([nan])
+    (back,) = await store.features("btc", "1m", 1, since=120_000)
+    assert (back.log_return, back.true_range) == (None, None)
+    assert back.extra == {"momentum": None, "log_range": 0.2}
 
 
 async def test_books_by_venue(store: MarketStore) -> None:
@@ -150,6 +176,8 @@ async def test_books_by_venue(store: MarketStore) -> None:
     await store.write_books("nse", [b1, b2, b1])
     assert await store.latest_book("nse", "nifty") == b2
     assert await store.latest_book("crypto", "nifty") is None
+    with pytest.raises(ValueError, match="unknown venue 'lse'"):
+        await store.write_books("lse", [b1])
 
 
 async def test_writer_batches_and_drains(store: MarketStore, tmp_path: Path) -> None:
@@ -288,3 +316,18 @@ async def test_history_bars_never_replace_recorded_ones(store: MarketStore) -> N
     assert [(b.open_time, b.close) for b in got] == [(60_000, 2.0), (0, 10.0)]
     await store.write_bars([bar(60_000, close=3.0)])  # a recorded bar replaces a history bar
     assert (await store.bars("btc", "1m", 1))[0].close == 3.0
+
+
+async def test_state_writer_batches_regimes(sql_url: str, tmp_path: Path) -> None:
+    state = await StateStore.open(sql_url)
+    writer = BufferedWriter.for_state(state, Settings(store_flush_ms=10), tmp_path / "spool")
+    writer.start()
+    writer.put("regimes", [regime("1m", i * 60_000, "bull") for i in range(20)])
+    writer.put("regimes", [regime("1m", 0, "bear")])  # a retry of a known bar: ignored
+    writer.put("transitions", [Transition("btc", "1m", 60_000, "unknown", "bull", 0.9)])
+    await writer.close()
+    assert writer.backlog == 0 and writer.rejected == 0
+    hist = await state.regime_history("btc", "1m", 100)
+    assert len(hist) == 20 and hist[-1]["regime"] == "bull"
+    assert len(await state.transitions("btc", 10)) == 1
+    await state.close()

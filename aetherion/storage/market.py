@@ -270,7 +270,8 @@ class MongoMarketStore:
         rng = {k: v for k, v in (("$gte", since), ("$lte", until)) if v is not None}
         if rng:
             flt = {**flt, field: rng}
-        cur = self.db[coll].find(flt, {"_id": 0}).sort(field, DESCENDING).limit(limit)
+        order = [(field, DESCENDING), ("_id", DESCENDING)]  # ties: the last written first
+        cur = self.db[coll].find(flt, {"_id": 0}).sort(order).limit(limit)
         return await cur.to_list(length=limit)
 
     async def ticks(self, market: str, limit: int, since: int | None = None,
