@@ -62,8 +62,13 @@ async def load_policy_state(engine: AsyncEngine, market: str,
                        bars_since_action=None if since is None else int(since))
 
 
+_FIELDS = tuple(Decision.model_fields)
+
+
 async def _fetch(conn: AsyncConnection, q: Select[Any]) -> list[Decision]:
-    return [Decision.model_validate(dict(r._mapping)) for r in await conn.execute(q)]
+    # only the model's fields: a column added to the table later does not break reading
+    return [Decision.model_validate({k: r._mapping[k] for k in _FIELDS})
+            for r in await conn.execute(q)]
 
 
 async def latest_decisions(engine: AsyncEngine,
