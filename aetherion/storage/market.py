@@ -228,11 +228,14 @@ class MongoMarketStore:
             await store.db[name].create_indexes(indexes)
         return store
 
-    async def _insert(self, coll: str, docs: list[dict[str, Any]]) -> None:
-        if not docs:
-            return
-        try:
+    async def _insert_all(self, coll: str, docs: list[dict[str, Any]]) -> None:
+        if docs:
             await self.db[coll].insert_many(docs, ordered=False)
+
+    async def _insert(self, coll: str, docs: list[dict[str, Any]]) -> None:
+        """Insert; a document whose unique key is stored already is left as it is."""
+        try:
+            await self._insert_all(coll, docs)
         except BulkWriteError as e:
             if not _only_duplicates(e):
                 raise
@@ -241,21 +244,28 @@ class MongoMarketStore:
         await self._insert("market_ticks", [tick_row(t) for t in ticks])
 
     async def write_bars(self, bars: list[Bar], keep_existing: bool = False) -> None:
-        if not bars:
+        """New keys in one insert; a key already stored is replaced through the revision guard
+        (``UpdateOne`` filtered on ``revision <= new``: when a newer revision is stored, the
+        upsert's insert hits the unique key, which means "keep it", not an error)."""
+        rows = [bar_row(b) for b in bars]
+        try:
+            await self._insert_all("market_candles", rows)
+            return
+        except BulkWriteError as e:
+            if not _only_duplicates(e):
+                raise
+            stored = [rows[err["index"]] for err in e.details["writeErrors"]]
+        if keep_existing:
             return
         ops = []
-        for b in bars:
-            row = bar_row(b)
-            key: dict[str, Any] = {"market": b.market, "timeframe": b.timeframe,
-                                   "open_time": b.open_time}
-            if keep_existing:
-                ops.append(UpdateOne(key, {"$setOnInsert": row}, upsert=True))
-                continue
-            key["revision"] = {"$lte": b.revision}
-            ops.append(UpdateOne(key, {"$set": row}, upsert=True))
+        for row in stored:
+            row.pop("_id", None)  # insert_many gave it one; an update must not change _id
+            key = {k: row[k] for k in ("market", "timeframe", "open_time")}
+            ops.append(UpdateOne({**key, "revision": {"$lte": row["revision"]}},
+                                 {"$set": row}, upsert=True))
         try:
             await self.db["market_candles"].bulk_write(ops, ordered=False)
-        except BulkWriteError as e:  # a newer revision is stored: the upsert hit its key
+        except BulkWriteError as e:
             if not _only_duplicates(e):
                 raise
 
