@@ -1,0 +1,161 @@
+"""The generic ccxt.pro connector, with ccxt's binance pointed at the local Binance server:
+the same faults as the native client, and the same guarantees where ccxt allows them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from fakes.binance_server import FakeBinance, Recording, load_recording
+from test_binance import (
+    N_MESSAGES,
+    Running,
+    all_received,
+    assert_exact,
+    assert_same_candles,
+    market_for,
+    wait_for,
+)
+
+from aetherion.config import Settings
+from aetherion.domain import BUY, SELL
+from aetherion.ingest.backoff import Backoff
+from aetherion.ingest.ccxt_pro import CcxtConnector
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    return load_recording("btcusdt", N_MESSAGES)
+
+
+@pytest.fixture
+async def server(recording: Recording) -> AsyncIterator[FakeBinance]:
+    srv = await FakeBinance(recording, rate=3000.0, autoplay=False).start()
+    yield srv
+    await srv.stop()
+
+
+def ccxt_conn(srv: FakeBinance, **kw: Any) -> CcxtConnector:
+    kw.setdefault("watchdog_s", 2.0)
+    kw.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2))
+    return CcxtConnector(market_for(srv, "ccxt", exchange="binance"), Settings(), None, **kw)
+
+
+def subscribed(srv: FakeBinance) -> bool:
+    streams = {s for c in srv.conns for s in c.streams}
+    return {"btcusdt@trade", "btcusdt@depth"} <= {s.split("@100ms")[0] for s in streams}
+
+
+def assert_book_matches(srv: FakeBinance, run: Running) -> None:
+    live = [b for b in run.out.books if b.state == "live"]
+    assert live
+    last = live[-1]
+    assert last.sequence == srv.update_id
+    bids, asks = srv.top(20)
+    assert list(last.bids) == bids and list(last.asks) == asks
+
+
+async def test_ccxt_trades_and_book(server: FakeBinance) -> None:
+    run = Running(ccxt_conn(server, book_interval_s=0.0))
+    await wait_for(lambda: subscribed(server), what="subscribed")
+    server.play()
+    await all_received(server, run)
+    assert_exact(server, run.out.ticks)
+    by_id = {d["t"]: d for d in server.published}
+    for t in run.out.ticks:
+        d = by_id[int(t.trade_id or 0)]
+        assert (t.ts, t.price, t.size) == (d["T"], float(d["p"]), float(d["q"]))
+        assert t.side == (SELL if d["m"] else BUY)
+    await wait_for(lambda: bool(run.out.books) and run.out.books[-1].sequence == server.update_id,
+                   what="book caught up")
+    assert_book_matches(server, run)
+    assert run.conn.stats.malformed == 0 and run.conn.stats.reconnects == 0
+    await run.stop()
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["fromId-with-key", "recent-list"])
+async def test_ccxt_cut_reconnects_and_backfills(server: FakeBinance, keyed: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    kw: dict[str, Any] = {}
+    if keyed:  # ccxt pages historicalTrades by id only with a key; without, the last 1,000
+        monkeypatch.setenv("TEST_BINANCE_KEY", "k")
+        kw["api_key_env"] = "TEST_BINANCE_KEY"
+    market = market_for(server, "ccxt", exchange="binance", **kw)
+    run = Running(CcxtConnector(market, Settings(), None, watchdog_s=2.0,
+                                backoff=Backoff(initial_s=0.05, cap_s=0.2)))
+    await wait_for(lambda: subscribed(server), what="subscribed")
+    if not keyed:
+        server.rate = 800.0  # ccxt takes about a second to come back: keep the hole < 1,000
+    server.play()
+    await server.wait_published(600)
+    server.cut(refuse_s=0.6 if keyed else 0.05)
+    await all_received(server, run)
+    st = run.conn.stats
+    assert st.reconnects >= 1 and st.backfilled > 0
+    assert st.gaps_filled == st.gaps_detected >= 1
+    used = server.requests.get("historicalTrades", 0)
+    assert used >= 1 if keyed else used == 0
+    assert_exact(server, run.out.ticks)
+    assert_same_candles(server, run.out.ticks)
+    await run.stop()
+
+
+async def test_ccxt_keyless_hole_beyond_recent_list_is_reported(server: FakeBinance) -> None:
+    run = Running(ccxt_conn(server))
+    await wait_for(lambda: subscribed(server), what="subscribed")
+    server.play()
+    await server.wait_published(300)
+    server.cut(refuse_s=1.2)  # about 2,500 trades pass: more than the public list holds
+    await all_received(server, run)
+    st = run.conn.stats
+    assert st.gaps_detected >= 1 and st.gaps_filled < st.gaps_detected
+    got = [int(t.trade_id or 0) for t in run.out.ticks]
+    assert len(got) == len(set(got)) and got == sorted(got)  # a hole, but no duplicates
+    await run.stop()
+
+
+async def test_ccxt_silent_socket_and_malformed_frame(server: FakeBinance) -> None:
+    run = Running(ccxt_conn(server, watchdog_s=0.5))
+    await wait_for(lambda: subscribed(server), what="subscribed")
+    server.rate = 800.0  # keep the hole within the public recent-trades list
+    server.play()
+    await server.wait_published(400)
+    await server.send_raw('{"stream": broken')  # kills ccxt's own receive loop unless guarded
+    await server.send_raw('{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT"}}')
+    await server.wait_published(700)
+    server.silence()
+    t0 = time.monotonic()
+    await wait_for(lambda: run.conn.stats.reconnects >= 1, timeout=5, what="watchdog reconnect")
+    assert time.monotonic() - t0 < 3.0
+    await all_received(server, run)
+    assert run.conn.stats.malformed >= 2
+    assert_exact(server, run.out.ticks)
+    assert_same_candles(server, run.out.ticks)
+    await run.stop()
+
+
+async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
+    run = Running(ccxt_conn(server, book_interval_s=0.0))
+    conn: CcxtConnector = run.conn  # type: ignore[assignment]
+    await wait_for(lambda: conn.stats.state == "live", what="live")
+    server.play()
+    await server.wait_published(400)
+    server.withhold_diffs(1)
+    await wait_for(lambda: conn.stats.book_resyncs >= 1, what="ccxt book gap")
+    await all_received(server, run)
+    await wait_for(lambda: run.out.books[-1].sequence == server.update_id, what="book caught up")
+    states = [b.state for b in run.out.books]
+    i = states.index("resyncing", states.index("live"))
+    assert "live" in states[i:]
+    assert_book_matches(server, run)
+    assert_exact(server, run.out.ticks)
+    await run.stop()
+
+
+async def test_ccxt_unknown_exchange_fails_cleanly(server: FakeBinance) -> None:
+    conn = CcxtConnector(market_for(server, "ccxt", exchange="nosuchexchange"), Settings())
+    await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
+    assert conn.stats.state == "failed"
