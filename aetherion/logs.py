@@ -45,6 +45,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    logging.getLogger("alembic.runtime.plugins").setLevel("WARNING")  # import-time chatter
 
 
 def _identity(

@@ -147,12 +147,15 @@ def _ts(path: Path, s: pl.Series) -> pl.Series:
     if s.dtype.is_integer():
         return s.cast(pl.Int64).alias("ts")
     text = s.cast(pl.Utf8).str.strip_chars()
-    if text.str.contains(r"^-?\d+$").all():
+    is_int = text.str.contains(r"^-?\d+$")
+    if is_int.all():
         return text.cast(pl.Int64).alias("ts")
-    parsed = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="ms")
+    iso = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="ms").dt.epoch("ms")
+    parsed = pl.select(pl.when(is_int).then(text.cast(pl.Int64, strict=False))
+                       .otherwise(iso)).to_series()
     if parsed.null_count():
         raise _bad_row(path, "ts", s, parsed)
-    return parsed.dt.epoch("ms").alias("ts")
+    return parsed.alias("ts")
 
 
 def _sides(path: Path, s: pl.Series) -> pl.Series:
