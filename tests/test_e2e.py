@@ -60,8 +60,9 @@ def server(env: dict[str, str], log: Path) -> Iterator[str]:
     assert rc == 0, f"server exit status {rc}:\n{log.read_text()[-3000:]}"
 
 
-async def collect(base: str, markets: str, seconds: float) -> list[dict[str, Any]]:
-    url = base.replace("http", "ws") + f"/ws/market?markets={markets}"
+async def collect(base: str, markets: str, seconds: float,
+                  stream: str = "market") -> list[dict[str, Any]]:
+    url = base.replace("http", "ws") + f"/ws/{stream}" + (f"?markets={markets}" if markets else "")
     out: list[dict[str, Any]] = []
     async with connect(url) as ws:
         end = time.monotonic() + seconds
@@ -74,7 +75,8 @@ async def collect(base: str, markets: str, seconds: float) -> list[dict[str, Any
 
 
 def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
-    env = {"AETHERION_TIMEFRAMES": "1s,5s", "AETHERION_SIM_RATE": "40", **env}
+    env = {"AETHERION_TIMEFRAMES": "1s,5s", "AETHERION_SIM_RATE": "40",
+           "AETHERION_DECISION_TIMEFRAME": "1s", **env}
     log = tmp_path / "server.log"
     with server(env, log) as base:
         msgs = asyncio.run(collect(base, "btcusdt,nifty", 4.5))
@@ -126,6 +128,22 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         assert httpx.get(f"{base}/api/market/trades/spy", params={"since": "yesterday"}
                          ).status_code == 422
         assert httpx.get(f"{base}/api/market/trades/spy", params={"limit": 0}).status_code == 422
+        # regimes and decisions: from history warm-up, models exist within seconds of start
+        regimes = asyncio.run(collect(base, "", 3, "regime"))
+        fused = [m for m in regimes if m["type"] == "regime" and m["timeframe"] == "fused"]
+        assert {m["market"] for m in fused} == {"btcusdt", "spy", "nifty"}
+        assert all(m["regime"] in ("bull", "bear", "sideways", "crisis", "unknown")
+                   and 0 <= m["confidence"] <= 1 for m in fused)
+        models = httpx.get(f"{base}/api/regime/models", params={"market": "spy"}).json()
+        assert {m["timeframe"] for m in models["models"]} == {"1s", "5s"}
+        hist = httpx.get(f"{base}/api/regime/btcusdt", params={"limit": 5}).json()
+        assert len(hist["regimes"]) == 5 and hist["current"]["strategy"] in (
+            None, "trend_long", "trend_short", "mean_reversion", "risk_off")
+        latest = httpx.get(f"{base}/api/decision/latest").json()["decisions"]
+        assert {d["market"] for d in latest} == {"btcusdt", "spy", "nifty"}
+        assert all(d["action"] in ("BUY", "SELL", "HOLD") and d["rule"] for d in latest)
+        assert httpx.get(f"{base}/api/decision/history",
+                         params={"market": "spy", "limit": 3}).json()["decisions"]
         before = stored
     # Restart: the history is still there, and the new process adds to it.
     with server(env, log) as base:
@@ -137,6 +155,7 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         since = httpx.get(f"{base}/api/market/candles/btcusdt",
                           params={"timeframe": "1s", "since": iso, "until": max(before)}).json()
         assert {c["open_time"] for c in since["candles"]} >= set(before)
+    assert "regime model reused" in log.read_text()
 
 
 def test_embedded_default(tmp_path: Path) -> None:
