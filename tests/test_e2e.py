@@ -17,7 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
+
+from aetherion.storage.schema import decisions
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +76,16 @@ async def collect(base: str, markets: str, seconds: float,
             except TimeoutError:
                 break
     return out
+
+
+async def stored_decisions(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            q = select(decisions).where(decisions.c.id.in_(ids))
+            return {r.id: dict(r._mapping) for r in await conn.execute(q)}
+    finally:
+        await engine.dispose()
 
 
 def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
@@ -144,6 +158,18 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         assert all(d["action"] in ("BUY", "SELL", "HOLD") and d["rule"] for d in latest)
         assert httpx.get(f"{base}/api/decision/history",
                          params={"market": "spy", "limit": 3}).json()["decisions"]
+        # decisions streamed == decisions stored (read back from the database itself)
+        streamed = [m for m in asyncio.run(collect(base, "btcusdt,spy", 3.5, "decision"))
+                    if m["type"] == "decision"]
+        assert len(streamed) >= 4 and {m["market"] for m in streamed} == {"btcusdt", "spy"}
+        assert len({m["id"] for m in streamed}) == len(streamed)  # never broadcast twice
+        time.sleep(1.0)
+        rows = asyncio.run(stored_decisions(env["AETHERION_SQL_URL"], [m["id"] for m in streamed]))
+        for m in streamed:
+            row = rows[m["id"]]
+            for k in ("action", "rule", "position_before", "position_after", "bar_time",
+                      "regime", "strategy", "price"):
+                assert row[k] == m[k], k
         before = stored
     # Restart: the history is still there, and the new process adds to it.
     with server(env, log) as base:
