@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -120,6 +121,11 @@ class ListSink:
 
 #: Runs a training request somewhere and hands the result to ``pipeline.install``.
 Trainer = Callable[["MarketPipeline", TrainRequest], None]
+
+
+def _worker_init() -> None:
+    """Training workers leave Ctrl-C to the server, which shuts them down in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_inline(pipeline: MarketPipeline, req: TrainRequest) -> None:
@@ -418,7 +424,8 @@ class Runtime:
 
     def _train(self, pipeline: MarketPipeline, req: TrainRequest) -> None:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_init)
         fut = asyncio.get_running_loop().run_in_executor(self._pool, fit, req)
         self._background.add(fut)
 
@@ -454,7 +461,8 @@ class Runtime:
             await write_decisions(engine, [Decision.model_validate(r) for r in rows])
 
         self.state_writer = BufferedWriter(
-            "state", {**state_kinds(self.state), "decisions": (dict, decisions)}, s)
+            "state", {**state_kinds(self.state), "decisions": (dict, decisions)}, s,
+            ping=self.state.ping)
         self.writer.start()
         self.state_writer.start()
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
