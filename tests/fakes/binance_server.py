@@ -90,12 +90,14 @@ class _Conn:
 
 class FakeBinance:
     """Start with ``await FakeBinance(rec).start()``; ``rate`` is messages per second
-    (``None``: as fast as the clients take them)."""
+    (``None``: as fast as the clients take them); ``realtime`` paces by the recorded event
+    times instead, so exchange times stay near the wall clock (latency figures make sense)."""
 
     def __init__(self, rec: Recording, rate: float | None = 2000.0, autoplay: bool = True,
-                 shift_to_now: bool = True) -> None:
+                 shift_to_now: bool = True, realtime: bool = False) -> None:
         self.rec = rec
         self.rate = rate
+        self.realtime = realtime
         self.autoplay = autoplay
         self.sym = rec.symbol.lower()
         shift = int(time.time() * 1000) - rec.messages[0][1]["E"] if shift_to_now else 0
@@ -191,7 +193,13 @@ class FakeBinance:
             self.position += 1
             self._apply(stream, data)
             await self._broadcast(stream, text)
-            if self.rate is not None:
+            if self.realtime and self.position < len(self._frames):
+                due = t0 + (self._frames[self.position][1]["E"]
+                            - self._frames[sent_at_t0][1]["E"]) / 1000.0
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif self.rate is not None:
                 due = t0 + (self.position - sent_at_t0) / self.rate
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -343,3 +351,38 @@ class FakeBinance:
     def _error(status: int, code: int, msg: str) -> web.Response:
         return web.Response(status=status, body=orjson.dumps({"code": code, "msg": msg}),
                             content_type="application/json")
+
+
+async def _serve(port: int, rate: float | None, name: str) -> None:
+    rec = load_recording(name, None, ("20240808", "20240809"))
+    srv = FakeBinance(rec, rate=rate, realtime=rate is None)
+    srv_app_port = port
+    app = web.Application()
+    app.router.add_get("/stream{tail:.*}", srv._ws)
+    app.router.add_get("/api/v3/{name}", srv._rest)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", srv_app_port).start()
+    srv.port = srv_app_port
+    srv._go.set()
+    print(f"fake Binance on ws={srv.ws_url} rest={srv.rest_url}: {len(srv._frames)} frames "
+          f"({name}), {rate or 'real time'} msgs/s", flush=True)
+    try:
+        await srv._publish()
+        print("recording done; serving REST until interrupted", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="local Binance spot server fed with a recording")
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="messages/s (default: real time, paced by the recorded event times)")
+    ap.add_argument("--symbol", default="btcusdt", choices=["btcusdt", "ethusdt"])
+    a = ap.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(a.port, a.rate or None, a.symbol))
