@@ -258,3 +258,11 @@ async def test_restart_resumes_from_checkpoint(server: FakeBinance, tmp_path: Pa
         await second.stop()
     finally:
         await store.close()
+
+
+async def test_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
+    market = MarketConfig(id="nope", venue="crypto", connector="binance", symbol="NOPE/USDT",
+                          ws_url=server.ws_url, rest_url=server.rest_url)
+    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
+    assert conn.stats.state == "failed" and server.ws_connects == 0

@@ -159,3 +159,11 @@ async def test_ccxt_unknown_exchange_fails_cleanly(server: FakeBinance) -> None:
     conn = CcxtConnector(market_for(server, "ccxt", exchange="nosuchexchange"), Settings())
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed"
+
+
+async def test_ccxt_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
+    market = market_for(server, "ccxt", exchange="binance").model_copy(
+        update={"symbol": "NOPE/USDT"})
+    conn = CcxtConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
+    assert conn.stats.state == "failed" and server.ws_connects == 0

@@ -185,7 +185,8 @@ class BinanceConnector(Connector):
                 await self._save_checkpoint(force=True)
                 await self.backoff.wait()
         finally:
-            self.stats.state = "stopped"
+            if self.stats.state != "failed":
+                self.stats.state = "stopped"
             await self._stop_book_task()
             await self._save_checkpoint(force=True)
             await self._rest.close()
@@ -198,6 +199,9 @@ class BinanceConnector(Connector):
 
     async def _session(self) -> None:
         self.stats.state = "connecting" if not self._sessions else "reconnecting"
+        if not self._rest.markets:
+            await self._rest.load_markets()  # exchangeInfo; BadSymbol when unknown
+            self.symbol_id = self._rest.market(self.market.symbol)["id"]
         streams = f"{self.symbol_id.lower()}@trade/{self.symbol_id.lower()}@depth@100ms"
         timeout = self.watchdog.timeout_s
         async with websockets.connect(

@@ -123,7 +123,8 @@ class CcxtConnector(Connector):
                 await self._save_checkpoint(force=True)
                 await self.backoff.wait()
         finally:
-            self.stats.state = "stopped"
+            if self.stats.state != "failed":
+                self.stats.state = "stopped"
             await self._close()
             await self._save_checkpoint(force=True)
 
