@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "replay", help="run the pipeline over recorded trades or candles",
         description="One CSV row per closed bar (to --out, else stdout), then a JSON summary as "
                     "the last line of stdout.")
-    rp.add_argument("input", type=Path, help="CSV or Parquet, optionally .gz or .zip")
+    rp.add_argument("input", type=Path, nargs="?",
+                    help="CSV or Parquet, optionally .gz or .zip (not with --from-store)")
+    rp.add_argument("--from-store", action="store_true",
+                    help="replay what a live run of --market stored (ticks, models, warm-up)")
+    rp.add_argument("--since", help="--from-store: the run starting at/after (epoch ms or ISO)")
+    rp.add_argument("--until", help="--from-store: stop at (epoch ms or ISO)")
     rp.add_argument("--kind", choices=("trades", "candles"), help="guessed from the columns")
     rp.add_argument("--market", default="replay", help="a name for the output")
     rp.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
@@ -93,9 +98,14 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from aetherion.replay import InputError, load, replay, summary_line, write_rows
 
     try:
-        loaded = load(args.input, args.kind)
-        result = replay(loaded, settings, args.market, args.timeframe,
-                        progress=sys.stderr.isatty())
+        if args.from_store:
+            result = _from_store(args, settings)
+        elif args.input is None:
+            _fail("replay: give an INPUT file, or --from-store --market ID")
+        else:
+            loaded = load(args.input, args.kind)
+            result = replay(loaded, settings, args.market, args.timeframe,
+                            progress=sys.stderr.isatty())
     except InputError as e:
         _fail(str(e))
     if args.out:
@@ -106,6 +116,18 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(_store(result, settings))
     print(summary_line(result.summary), flush=True)
     return 0
+
+
+def _from_store(args: argparse.Namespace, settings: Settings) -> Any:
+    from aetherion.api.params import parse_time
+    from aetherion.replay import InputError
+    from aetherion.replay_store import replay_from_store
+
+    try:
+        since, until = parse_time("since", args.since), parse_time("until", args.until)
+    except Exception as e:  # an HTTPException from the shared parser: its detail is the line
+        raise InputError(str(getattr(e, "detail", e))) from None
+    return asyncio.run(replay_from_store(settings, args.market, since, until))
 
 
 async def _store(result: Any, settings: Settings) -> None:

@@ -14,7 +14,7 @@ import importlib
 import multiprocessing
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
@@ -169,7 +169,7 @@ class MarketPipeline:
     def flush(self) -> None:
         self._bars(self.candles.flush())
 
-    def warm(self, history: dict[str, Sequence[Bar]]) -> None:
+    def warm(self, history: Mapping[str, Sequence[Bar]]) -> None:
         """Closed bars from the venue's history (oldest first per timeframe), before any live
         trade: they set features and the regime filters up as if they had been seen, and the
         first models train on them."""
@@ -193,9 +193,11 @@ class MarketPipeline:
         """The position, cooldown and last decided bar as the store has them (a restart)."""
         self.policy = DecisionPolicy(self.market.id, self.policy.cfg, state)
 
-    def install(self, result: FitResult) -> ModelVersion:
-        """A finished fit: in force from the next bar after what has been fed so far."""
-        mv = self.regime.install(result, self.event_ms)
+    def install(self, result: FitResult, effective_from: int | None = None) -> ModelVersion:
+        """A finished fit: in force from the next bar after what has been fed so far (or from
+        ``effective_from``, when replaying what a live run did)."""
+        mv = self.regime.install(
+            result, self.event_ms if effective_from is None else effective_from)
         self.sink.model(self.market, mv)
         return mv
 
@@ -245,6 +247,8 @@ class MarketPipeline:
 
 CONNECTORS: dict[str, str] = {
     "simulator": "aetherion.ingest.simulator:SimulatorConnector",
+    "binance": "aetherion.ingest.binance:BinanceConnector",
+    "ccxt": "aetherion.ingest.ccxt_pro:CcxtConnector",
 }
 
 
@@ -503,6 +507,24 @@ class Runtime:
         live.pipeline.warm(history)
         log.info("warmed up from history", market=live.market.id,
                  bars={tf: len(b) for tf, b in history.items()})
+        await self._record_run(live, now, history)
+
+    async def _record_run(self, live: LiveMarket, now: int,
+                          history: dict[str, Sequence[Bar]]) -> None:
+        """What a replay of this run from the store needs to start where it started: the start
+        time, the history bars it warmed up with, and the settings its stages ran with."""
+        key = f"runs:{live.market.id}"
+        record = await self.state.get_state(key) or {"runs": []}
+        s = self.settings.model_dump(mode="json")
+        record["runs"] = [*record["runs"][-99:], {
+            "started_ms": now,
+            "timeframes": list(live.pipeline.candles.timeframes),
+            "history": {tf: [b[0].open_time, b[-1].open_time, len(b)]
+                        for tf, b in history.items() if b},
+            "settings": {k: v for k, v in s.items()
+                         if k.startswith(("regime_", "decision_")) or k == "bar_grace_ms"},
+        }]
+        await self.state.set_state(key, record)
 
     async def _watch_loop_lag(self) -> None:
         """How late the event loop wakes up: the responsiveness everyone else sees."""
