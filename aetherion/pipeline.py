@@ -407,7 +407,8 @@ class Runtime:
                      position=d.position_after, regime=d.regime, confidence=d.confidence)
 
     def book(self, market: MarketConfig, book: BookSnapshot) -> None:
-        self.writer.put(f"books:{market.venue}", [book])
+        if book.bids or book.asks:  # an empty book while resyncing is state, not data
+            self.writer.put(f"books:{market.venue}", [book])
 
     def _publish_open(self, bar: Bar) -> None:
         self.hubs["market"].publish(bar.market, encode("bar", bar.market, bar_json(bar)))
