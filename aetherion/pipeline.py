@@ -470,7 +470,6 @@ class Runtime:
             ping=self.state.ping)
         self.writer.start()
         self.state_writer.start()
-        self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
         self.started_ms = time.time_ns() // 1_000_000
         for m in s.markets:
             live = LiveMarket(m, s, make_connector(m, s, self.state), self, self._train)
@@ -493,6 +492,8 @@ class Runtime:
                 asyncio.create_task(self._guard(m, live.clock(self._publish_open), "clock")),
             ]
             log.info("market started", market=m.id, venue=m.venue, connector=m.connector)
+        # Measured from here: before, the server is not serving yet (start-up warm-up).
+        self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
 
     async def _warm(self, live: LiveMarket) -> None:
         """Warm each timeframe up with the venue's recent history (best effort)."""
