@@ -20,7 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check aetherion tests bench migrations
 	$(BIN)/mypy --strict aetherion
 
-test: lint
+# The dashboard test drives Debian's chromium through Playwright (no browser downloads).
+/usr/bin/chromium:
+	$$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium'
+
+test: lint /usr/bin/chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
