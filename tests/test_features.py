@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import talib
+from datadir import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,6 @@ from aetherion.features import (
 )
 from aetherion.pipeline import ListSink, MarketPipeline
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IND = DATA / "indicators"
 
 

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from datadir import DATA
 
 from aetherion.domain import Bar
 from aetherion.features import MOMENTUM, REGIME_INPUTS, FeatureEngine
 from aetherion.storage.market import MarketStore, MongoMarketStore, SqlMarketStore
 from aetherion.storage.state import StateStore
 
-SPY = Path(__file__).resolve().parents[2] / "shared" / "data" / "us_equities" / "daily_spy.zip"
+SPY = DATA / "us_equities" / "daily_spy.zip"
 
 
 @pytest.fixture(params=["sqlite", "mysql", "mongo"])

@@ -9,10 +9,10 @@ import math
 import zipfile
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
+from datadir import DATA
 from hmmlearn.hmm import GaussianHMM
 
 from aetherion.config import MarketConfig, Settings
@@ -31,7 +31,6 @@ from aetherion.regime.model import (
 )
 from aetherion.storage.state import StateStore
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DAY = 86_400_000
 
 

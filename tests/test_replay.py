@@ -13,10 +13,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from datadir import DATA
 
 from aetherion.replay import OUTPUT_COLUMNS
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
