@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from aetherion import __version__
-from aetherion.api import decision, market, regime
+from aetherion.api import dashboard, decision, market, regime
 from aetherion.api.params import UnknownMarket
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
@@ -49,4 +49,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(regime.ws_router)
     app.include_router(decision.router)
     app.include_router(decision.ws_router)
+    app.include_router(dashboard.router)
     return app
