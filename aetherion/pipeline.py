@@ -186,6 +186,8 @@ class MarketPipeline:
                 self.regime.on_features(f, schedule=False)
                 self.policy.observe(bar)
                 self.event_ms = max(self.event_ms, bar.close_time)
+        finest = self.candles.timeframes[0]
+        self.candles.seed(history.get(finest, ()))
         self.regime.end_warm_up()
         self._train()
 

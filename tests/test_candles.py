@@ -195,3 +195,20 @@ def test_on_bars_folds_candles_like_trades() -> None:
     got = by_bars.on_bars(base) + by_bars.flush()
     for tf in ("1s", "5s", "1m"):
         assert [b for b in got if b.timeframe == tf] == [b for b in ref if b.timeframe == tf]
+
+
+def test_seed_makes_the_first_live_coarse_bar_whole() -> None:
+    """After a restart, history 1s bars of the current 5s interval join the live 5s bar."""
+    ticks = [Tick("m", 10_000 + i * 100, 100.0 + (i % 13), 1.0 + i % 3, BUY if i % 2 else SELL,
+                  str(i)) for i in range(200)]
+    whole = CandleEngine("m", ["1s", "5s"])
+    ref = [b for b in whole.on_ticks(ticks) + whole.flush() if b.timeframe == "5s"]
+    cut = 37  # the process "restarts" 3.7 s into the 5 s interval starting at 10 s... (13.7 s)
+    before = CandleEngine("m", ["1s", "5s"])
+    history = [b for b in before.on_ticks(ticks[:cut]) + before.flush() if b.timeframe == "1s"]
+    history = [b for b in history if b.open_time < 13_000]  # closed 1s bars up to the restart
+    live = CandleEngine("m", ["1s", "5s"])
+    live.seed(history)
+    got = [b for b in live.on_ticks([t for t in ticks if t.ts >= 13_000]) + live.flush()
+           if b.timeframe == "5s"]
+    assert got == ref

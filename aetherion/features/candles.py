@@ -169,6 +169,29 @@ class CandleEngine:
             self._roll(b.open_time + base, out)
         return out
 
+    def seed(self, bars: Sequence[Bar]) -> None:
+        """Closed finest bars from a venue's history, oldest first, ending where live trades
+        begin: the ones inside intervals still open at coarser timeframes are folded into those
+        bars (nothing is emitted), so the first live coarse bar is whole, not just the trades
+        seen since the start."""
+        if not bars or self._open[0] is not None:
+            return
+        base = self._tf_ms[0]
+        end = bars[-1].open_time + base
+        for k in range(1, len(self._tf_ms)):
+            start = end - end % self._tf_ms[k]
+            for b in bars:
+                if b.open_time < start or b.timeframe != self.timeframes[0]:
+                    continue
+                st = self._open[k]
+                if st is None:
+                    st = self._open[k] = _State.of(b)
+                    st.open_time = start
+                else:
+                    st.merge(_State.of(b))
+            self._closed_until[k] = max(self._closed_until[k], start)
+        self._closed_until[0] = max(self._closed_until[0], end)
+
     def on_clock(self, now_ms: int) -> list[Bar]:
         """Close every bar whose end plus the grace has passed."""
         out: list[Bar] = []
