@@ -9,7 +9,7 @@
   const MAX_FEED = 12;
   const MAX_TRANSITIONS = 6;
   const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 10000;
+  const BACKOFF_MAX_MS = 5000;
   const COLORS = {
     up: "#26a69a", down: "#ef5350", grid: "#2a3140", text: "#8b95a7", last: "#e0b44c",
   };
@@ -246,7 +246,9 @@
       ctx.fillStyle = COLORS.grid;
       ctx.fillRect(0, Math.round(y(v)), w - axis, 1);
       ctx.fillStyle = COLORS.text;
-      ctx.fillText(fmt(v), w - axis + 6, y(v));
+      if (card.price === null || Math.abs(y(v) - y(card.price)) > 12) {
+        ctx.fillText(fmt(v), w - axis + 6, y(v)); // the last price's label wins
+      }
     }
     cs.forEach((c, i) => {
       const x = 2 + i * slot;
