@@ -201,6 +201,11 @@ class MarketPipeline:
         mv = self.regime.install(
             result, self.event_ms if effective_from is None else effective_from)
         self.sink.model(self.market, mv)
+        track = self.regime.tracks[mv.timeframe]
+        if mv.status == "active" and track.version == mv.version and track.pending is None:
+            now = self.regime.current(mv.timeframe)  # in force at once: say what it sees
+            if now is not None:
+                self.sink.regime(self.market, now)
         return mv
 
     def _train(self) -> None:

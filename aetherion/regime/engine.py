@@ -86,6 +86,7 @@ class _Track:
     valid: int = 0  # valid observations seen
     since_request: int = 0
     requested: bool = False
+    last_open: int | None = None  # open time of the newest bar fed
     retry_at: int = 0  # after a rejected first fit, try again once ``valid`` reaches this
 
     def __post_init__(self) -> None:
@@ -118,6 +119,7 @@ class RegimeEngine:
             self._activate(t, *t.pending)
         vals = tuple(INPUTS[name](f) for name in ALL_INPUTS)
         t.history.append((f.open_time, vals))
+        t.last_open = f.open_time
         if observation(f, BASE_INPUTS) is not None:
             t.valid += 1
             t.since_request += 1
@@ -131,12 +133,18 @@ class RegimeEngine:
         t.log_alpha = t.model.filter_step(t.log_alpha, t.model.standardize(x))
         probs = t.model.regime_probs(t.log_alpha)
         t.probs = probs
-        raw, _ = t.stability.step(probs)
-        stable = t.stability.stable
-        return RegimeUpdate(
-            self.market, f.timeframe, f.open_time, raw, stable,
-            probs.get(stable, 0.0), probs, t.version, STRATEGY_OF.get(stable),
-        )
+        t.stability.step(probs)
+        return self.current(f.timeframe)
+
+    def current(self, timeframe: str) -> RegimeUpdate | None:
+        """The timeframe's regime at its newest bar (None without a model)."""
+        t = self.tracks[timeframe]
+        if t.probs is None or t.last_open is None:
+            return None
+        probs, stable = t.probs, t.stability.stable
+        raw = max(REGIMES, key=probs.__getitem__)
+        return RegimeUpdate(self.market, timeframe, t.last_open, raw, stable,
+                            probs.get(stable, 0.0), probs, t.version, STRATEGY_OF.get(stable))
 
     def end_warm_up(self) -> None:
         """After history warm-up: ask for a first model where there is none."""
@@ -182,6 +190,11 @@ class RegimeEngine:
         version = t.attempts
         if result.ok:
             t.pending = (RegimeModel(result.params), effective_from, version)
+            nxt = None if t.last_open is None else t.last_open + TIMEFRAME_MS[t.timeframe]
+            if t.model is None and (nxt is None or nxt >= effective_from):
+                # The next bar of this timeframe is the first it applies to: taking over now
+                # changes no output, and the regime is known at once instead of at that bar.
+                self._activate(t, *t.pending)
         else:
             t.retry_at = t.valid + RETRY_BARS
         return ModelVersion(
@@ -198,14 +211,19 @@ class RegimeEngine:
         t.since_request = 0
 
     def _activate(self, t: _Track, model: RegimeModel, _: int, version: int) -> None:
+        first = t.model is None
         t.model, t.version, t.pending = model, version, None
-        # Start the new model's filter from the recent past, so it does not start cold.
+        # Start the new model's filter from the recent past, so it does not start cold; a first
+        # model also runs the stability rule over those bars, so the regime it finds held.
         t.log_alpha = None
         for _, vals in list(t.history)[-REFILTER_BARS:]:
             x = tuple(vals[ALL_INPUTS.index(n)] for n in model.inputs)
             if all(v is not None for v in x):
                 z = model.standardize(x)  # type: ignore[arg-type]
                 t.log_alpha = model.filter_step(t.log_alpha, z)
+                if first:
+                    t.probs = model.regime_probs(t.log_alpha)
+                    t.stability.step(t.probs)
 
     # ---- fused ------------------------------------------------------------------------------
 
@@ -235,6 +253,12 @@ class RegimeEngine:
             c["weight"] /= total
         before = self.fused.stable
         raw, changed = self.fused.step(probs)
+        held = {t.stability.stable for t in self.tracks.values() if t.probs is not None}
+        if before == UNKNOWN and not changed and held == {raw} \
+                and probs[raw] >= self.s.regime_threshold:
+            # Leaving "unknown": every timeframe's own stability rule already holds this regime.
+            self.fused.stable, self.fused.candidate, self.fused.count = raw, None, 0
+            changed = True
         stable = self.fused.stable
         strategy = STRATEGY_OF.get(stable)
         upd = RegimeUpdate(self.market, "fused", open_time, raw, stable, probs.get(stable, 0.0),
