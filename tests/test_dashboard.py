@@ -134,6 +134,12 @@ def test_dashboard_live_and_reconnects(browser: Browser, tmp_path: Path,
         page.wait_for_function(STREAMS_OPEN, arg=True, timeout=10000)
         check_live(page, base, restarted)
         page.screenshot(path=ARTIFACTS / "dashboard-reconnected.png", full_page=True)
+        page.select_option("#timeframe", "5s")  # the chart reloads in the other timeframe
+        chart = f"{card('spy')} .chart"
+        page.wait_for_function(
+            "s => { const d = document.querySelector(s).dataset; "
+            "return d.timeframe === '5s' && +d.candles > 0 && +d.lastOpen % 5000 === 0; }",
+            arg=chart, timeout=5000)
     # While the server was away the browser logged failed connections; nothing else.
     assert [e for e in errors if "ERR_CONNECTION_REFUSED" not in e and "WebSocket" not in e
             and "Failed to load resource" not in e] == [], errors

@@ -229,6 +229,7 @@
     const top = 8;
     const bottom = h - 18;
     const cs = card.candles.slice(-Math.max(1, Math.floor((w - axis - 4) / slot)));
+    cv.dataset.timeframe = timeframe;
     cv.dataset.candles = String(cs.length);
     cv.dataset.lastOpen = cs.length ? String(cs[cs.length - 1].open_time) : "";
     if (!cs.length) return;
