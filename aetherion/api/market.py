@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
@@ -17,6 +18,7 @@ from aetherion.api.schemas import (
     StatusOut,
     TradesOut,
 )
+from aetherion.ingest.sessions import next_open_ms, session_open
 from aetherion.pipeline import Runtime
 
 __all__ = ["router", "ws_router"]
@@ -36,10 +38,17 @@ def _rt(request: Request) -> Runtime:
 async def status(request: Request) -> dict[str, Any]:
     rt = _rt(request)
     markets = []
+    now = time.time_ns() // 1_000_000
     for m in rt.settings.markets:
         stats = rt.markets[m.id].connector.stats.as_dict() if m.id in rt.markets else {}
+        if m.connector == "simulator":
+            session: dict[str, Any] = {"session": "simulated"}  # trades around the clock
+        elif session_open(m.venue, now):
+            session = {"session": "open"}
+        else:
+            session = {"session": "closed", "next_open_ms": next_open_ms(m.venue, now)}
         markets.append({"id": m.id, "venue": m.venue, "connector": m.connector,
-                        "symbol": m.symbol, **stats})
+                        "symbol": m.symbol, **session, **stats})
     return {"markets": markets, "stores": rt.store_status()}
 
 
