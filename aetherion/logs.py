@@ -46,6 +46,8 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
     logging.getLogger("alembic.runtime.plugins").setLevel("WARNING")  # import-time chatter
+    # hmmlearn warns on every restart that stops early; the fit's own checks judge convergence
+    logging.getLogger("hmmlearn").setLevel("ERROR")
 
 
 def _identity(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import multiprocessing
 import signal
 import time
@@ -126,6 +127,7 @@ Trainer = Callable[["MarketPipeline", TrainRequest], None]
 def _worker_init() -> None:
     """Training workers leave Ctrl-C to the server, which shuts them down in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # judged by the fit's own checks
 
 
 def train_inline(pipeline: MarketPipeline, req: TrainRequest) -> None:
