@@ -99,14 +99,16 @@
     $("#markets").append(node);
     const card = { id: m.id, node, canvas: $(".chart", node), candles: [], price: null, seen: new Set() };
     cards.set(m.id, card);
-    setState(card, m.state);
+    setState(card, m);
     return card;
   }
 
-  function setState(card, state) {
+  function setState(card, m) { // connector state, and the venue's session when it is closed
     const el = $(".state", card.node);
-    el.textContent = state || "";
-    el.dataset.state = state || "";
+    const closed = m.session === "closed" && Number.isFinite(m.next_open_ms);
+    const opens = closed ? new Date(m.next_open_ms).toISOString().slice(0, 16).replace("T", " ") : "";
+    el.textContent = (m.state || "") + (closed ? ` · session closed, opens ${opens} UTC` : "");
+    el.dataset.state = m.state || "";
   }
 
   function setText(card, sel, value) {
@@ -393,7 +395,7 @@
   async function poll() {
     try {
       const status = await api("/api/market/status");
-      for (const m of status.markets) if (cards.has(m.id)) setState(cards.get(m.id), m.state);
+      for (const m of status.markets) if (cards.has(m.id)) setState(cards.get(m.id), m);
       const snaps = await Promise.all([...cards.keys()].map(
         (id) => api(`/api/market/snapshot/${encodeURIComponent(id)}`)));
       for (const s of snaps) {
