@@ -76,7 +76,8 @@
   function fmt(x) {
     if (x === null || x === undefined || !Number.isFinite(x)) return "–";
     const digits = Math.abs(x) >= 1000 ? 2 : Math.abs(x) >= 1 ? 3 : 5;
-    return x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+    return x.toLocaleString("en-US",
+      { minimumFractionDigits: digits, maximumFractionDigits: digits });
   }
 
   function hms(ms) {
@@ -97,7 +98,9 @@
     $(".venue", node).textContent = m.venue;
     $(".symbol", node).textContent = m.symbol;
     $("#markets").append(node);
-    const card = { id: m.id, node, canvas: $(".chart", node), candles: [], price: null, seen: new Set() };
+    const card = {
+      id: m.id, node, canvas: $(".chart", node), candles: [], price: null, seen: new Set(),
+    };
     cards.set(m.id, card);
     setState(card, m);
     return card;
@@ -106,7 +109,8 @@
   function setState(card, m) { // connector state, and the venue's session when it is closed
     const el = $(".state", card.node);
     const closed = m.session === "closed" && Number.isFinite(m.next_open_ms);
-    const opens = closed ? new Date(m.next_open_ms).toISOString().slice(0, 16).replace("T", " ") : "";
+    const opens = closed ? new Date(m.next_open_ms).toISOString().slice(0, 16).replace("T", " ")
+      : "";
     el.textContent = (m.state || "") + (closed ? ` · session closed, opens ${opens} UTC` : "");
     el.dataset.state = m.state || "";
   }
@@ -118,7 +122,9 @@
   function setPrice(card, price) {
     if (price === null || price === undefined) return;
     const el = $(".price", card.node);
-    if (card.price !== null && price !== card.price) el.dataset.move = price > card.price ? "up" : "down";
+    if (card.price !== null && price !== card.price) {
+      el.dataset.move = price > card.price ? "up" : "down";
+    }
     card.price = price;
     dirty.add(card);
   }
@@ -202,7 +208,8 @@
       const stored = merged.get(c.open_time);
       if (!stored || (c.revision ?? 0) > (stored.revision ?? 0)) merged.set(c.open_time, c);
     }
-    card.candles = [...merged.values()].sort((a, b) => a.open_time - b.open_time).slice(-MAX_CANDLES);
+    card.candles = [...merged.values()].sort((a, b) => a.open_time - b.open_time)
+      .slice(-MAX_CANDLES);
     dirty.add(card);
   }
 
