@@ -505,16 +505,21 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
 
     async def _warm(self, live: LiveMarket) -> None:
-        """Warm each timeframe up with the venue's recent history (best effort)."""
+        """Warm each timeframe up with recent history: the venue's (complete, authoritative)
+        when it offers any, else the bars this store recorded in earlier runs."""
         n = self.settings.history_bars
         history: dict[str, Sequence[Bar]] = {}
         now = time.time_ns() // 1_000_000
         for tf in live.pipeline.candles.timeframes if n else ():
+            end = now - now % timeframe_ms(tf)
             try:
-                history[tf] = await live.connector.history(tf, n, now - now % timeframe_ms(tf))
+                history[tf] = await live.connector.history(tf, n, end)
             except Exception as e:  # a venue without history still runs, just colder
                 log.warning("history unavailable", market=live.market.id, timeframe=tf,
                             error=str(e) or type(e).__name__)
+            if not history.get(tf):
+                stored = await self.store.bars(live.market.id, tf, n, until=end - 1)
+                history[tf] = [b for b in reversed(stored) if b.close_time <= end]
         live.pipeline.warm(history)
         log.info("warmed up from history", market=live.market.id,
                  bars={tf: len(b) for tf, b in history.items()})
