@@ -32,7 +32,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import BUY, SELL, Tick
+from aetherion.domain import BUY, SELL, Bar, Tick
 from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
 from aetherion.ingest.base import Checkpoints, Connector, Outbox
 from aetherion.ingest.orderbook import OrderBook
@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 WS_URL = "wss://stream.binance.com:9443/stream"
 REST_URL = "https://api.binance.com/api/v3"
+#: Binance kline intervals among our timeframes (it has no 5s klines).
+KLINE_INTERVALS = frozenset({"1s", "1m", "5m", "15m", "1h", "4h", "1d"})
 REST_PAGE = 1000  # historicalTrades maximum
 RAW_LOG_CHARS = 200
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -292,6 +294,39 @@ class BinanceConnector(Connector):
             log.error("binance: gap not fully filled", market=self.market.id, first=first,
                       last=last, reached=next_id - 1)
         await self._save_checkpoint()
+
+    async def history(self, timeframe: str, limit: int, end_ms: int) -> list[Bar]:
+        """Closed klines before ``end_ms`` from the public REST API, with the taker-buy volume
+        as buy volume (so volume delta is known); empty for an interval Binance has not."""
+        if timeframe not in KLINE_INTERVALS or limit <= 0:
+            return []
+        own = self._rest is None
+        rest = self._make_rest() if own else self._rest
+        bars: list[Bar] = []
+        try:
+            end = end_ms - 1
+            while len(bars) < limit:
+                query = urlencode({"symbol": self.symbol_id, "interval": timeframe,
+                                   "endTime": end, "limit": min(1000, limit - len(bars))})
+                body = await rest.fetch(f"{self.rest_url}/klines?{query}", "GET")
+                rows = self._convert(body, list[tuple[Any, ...]], "klines")
+                page = [self._kline(timeframe, r) for r in rows if int(r[6]) < end_ms]
+                if not page:
+                    break
+                bars[:0] = page
+                end = page[0].open_time - 1
+                if len(rows) < 1000:
+                    break
+        finally:
+            if own:
+                await rest.close()
+        return bars[-limit:]
+
+    def _kline(self, timeframe: str, r: tuple[Any, ...]) -> Bar:
+        vol, buy = float(r[5]), float(r[9])
+        return Bar(self.market.id, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]),
+                   float(r[4]), vol, buy, vol - buy, int(r[8]), True,
+                   first_ts=int(r[0]), last_ts=int(r[6]))
 
     async def _fetch_trades(self, from_id: int) -> list[_RestTrade]:
         query = urlencode({"symbol": self.symbol_id, "fromId": from_id, "limit": REST_PAGE})

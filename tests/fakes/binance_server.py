@@ -328,6 +328,9 @@ class FakeBinance:
             body = self._historical(from_id, min(limit, 1000))
         elif name == "aggTrades":
             body = []
+        elif name == "klines":
+            body = self._klines(q.get("interval", "1m"), int(q.get("endTime", 2**62)),
+                                min(limit, 1000))
         elif name == "time":
             body = {"serverTime": int(time.time() * 1000)}
         elif name == "ping":
@@ -335,6 +338,29 @@ class FakeBinance:
         else:
             return self._error(404, -1000, f"unknown endpoint {name}")
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    def _klines(self, interval: str, end: int, limit: int) -> list[list[Any]]:
+        """Klines of the trades published so far, in Binance's array layout."""
+        ms = {"1s": 1000, "1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000}[interval]
+        rows: dict[int, list[Any]] = {}
+        for d in self.published:
+            t, p, q = d["T"], float(d["p"]), float(d["q"])
+            k = t - t % ms
+            if k > end:
+                continue
+            r = rows.get(k)
+            if r is None:
+                r = rows[k] = [k, p, p, p, p, 0.0, k + ms - 1, 0.0, 0, 0.0, 0.0, "0"]
+            r[2], r[3], r[4] = max(r[2], p), min(r[3], p), p
+            r[5] += q
+            r[7] += p * q
+            r[8] += 1
+            if not d["m"]:  # the buyer was the taker
+                r[9] += q
+                r[10] += p * q
+        out = [r for k, r in sorted(rows.items())][-limit:]
+        return [[r[0], *(f"{x:.8f}" for x in r[1:6]), r[6], f"{r[7]:.8f}", r[8],
+                 f"{r[9]:.8f}", f"{r[10]:.8f}", r[11]] for r in out]
 
     def _historical(self, from_id: int | None, limit: int) -> list[dict[str, Any]]:
         if not self.published:
