@@ -125,7 +125,7 @@ class CandleEngine:
             [t.size for t in ticks], [t.side for t in ticks],
         )
 
-    def on_trades(
+    def on_trades(  # noqa: C901 - the per-trade loop is inlined on purpose
         self, ts: Sequence[int], price: Sequence[float], size: Sequence[float],
         side: Sequence[int],
     ) -> list[Bar]:
@@ -134,20 +134,60 @@ class CandleEngine:
         base = self._tf_ms[0]
         cur = self._open[0]
         start, end = (cur.open_time, cur.open_time + base) if cur else (0, -1)
+        # The open finest bar lives in locals while trades fall inside it (the hot loop: one
+        # comparison chain per trade, no call); it is written back before anything else runs.
+        if cur is not None:
+            hi, lo, op, cl, first, last = cur.high, cur.low, cur.open, cur.close, \
+                cur.first_ts, cur.last_ts
+            vol, buy, sell, cnt, sided = cur.volume, cur.buy, cur.sell, cur.count, cur.sided
+        else:
+            hi = lo = op = cl = vol = buy = sell = 0.0
+            first = last = cnt = 0
+            sided = True
         for i in range(len(ts)):
             t = ts[i]
-            if start <= t < end and cur is not None:
-                cur.add(t, price[i], size[i], side[i])
-            elif t - t % base + base <= self._closed_until[0]:
+            if start <= t < end:
+                p = price[i]
+                q = size[i]
+                if p > hi:
+                    hi = p
+                elif p < lo:
+                    lo = p
+                if t >= last:
+                    cl, last = p, t
+                elif t < first:
+                    op, first = p, t
+                vol += q
+                cnt += 1
+                s = side[i]
+                if s == BUY:
+                    buy += q
+                elif s == SELL:
+                    sell += q
+                else:
+                    sided = False
+                continue
+            if cur is not None:  # write the locals back before the slow path reads the state
+                cur.high, cur.low, cur.open, cur.close, cur.first_ts, cur.last_ts = \
+                    hi, lo, op, cl, first, last
+                cur.volume, cur.buy, cur.sell, cur.count, cur.sided = vol, buy, sell, cnt, sided
+            if t - t % base + base <= self._closed_until[0]:
                 self._late(t, price[i], size[i], side[i], out)
-            else:
-                if cur is not None:
-                    self._close_finest(out)
-                key = t - t % base
-                self._roll(key, out)
-                cur = self._open[0] = _State(key, t, price[i])
-                cur.add(t, price[i], size[i], side[i])
-                start, end = key, key + base
+                continue
+            if cur is not None:
+                self._close_finest(out)
+            key = t - t % base
+            self._roll(key, out)
+            cur = self._open[0] = _State(key, t, price[i])
+            cur.add(t, price[i], size[i], side[i])
+            start, end = key, key + base
+            hi, lo, op, cl, first, last = cur.high, cur.low, cur.open, cur.close, \
+                cur.first_ts, cur.last_ts
+            vol, buy, sell, cnt, sided = cur.volume, cur.buy, cur.sell, cur.count, cur.sided
+        if cur is not None:
+            cur.high, cur.low, cur.open, cur.close, cur.first_ts, cur.last_ts = \
+                hi, lo, op, cl, first, last
+            cur.volume, cur.buy, cur.sell, cur.count, cur.sided = vol, buy, sell, cnt, sided
         return out
 
     def on_bars(self, bars: Sequence[Bar]) -> list[Bar]:
