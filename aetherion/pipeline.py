@@ -268,6 +268,18 @@ def preflight(settings: Settings) -> list[str]:
         if m.connector not in CONNECTORS:
             problems.append(f"market {m.id}: connector {m.connector!r} is not available "
                             f"(available: {', '.join(sorted(CONNECTORS))})")
+            continue
+        module = importlib.import_module(CONNECTORS[m.connector].partition(":")[0])
+        check = getattr(module, "check_credentials", None)  # connectors that need secrets
+        line = check(m) if check is not None else None
+        if line:
+            problems.append(line)
+    try:
+        from aetherion.decision.config import DecisionConfig
+
+        DecisionConfig.from_settings(settings)
+    except ValueError as e:
+        problems.append(f"bad setting: AETHERION_DECISION_TIMEFRAME: {e}")
     return problems
 
 

@@ -198,6 +198,9 @@ def test_mysql_and_mongo(tmp_path: Path, mysql_url: str, mongo_url: str) -> None
     ("AETHERION_MARKETS", '[{"id": "a b", "venue": "crypto", "connector": "simulator",'
      ' "symbol": "X"}]', "AETHERION_MARKETS[0][id]"),
     ("AETHERION_SQL_URL", "postgres://x", "AETHERION_SQL_URL"),
+    ("AETHERION_DECISION_TIMEFRAME", "4h", "AETHERION_DECISION_TIMEFRAME"),
+    ("AETHERION_MARKETS", '[{"id": "b", "venue": "crypto", "connector": "nope", "symbol": "X"}]',
+     "AETHERION_MARKETS[0][connector]"),
 ])
 def test_bad_setting_is_one_line(name: str, value: str, expect: str) -> None:
     r = subprocess.run([sys.executable, "-m", "aetherion", "run"], env={**os.environ, name: value},
