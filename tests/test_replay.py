@@ -121,3 +121,21 @@ def test_corrupt_archive(tmp_path: Path) -> None:
     src.write_bytes(b"\x1f\x8b\x08\x00garbage")
     r = run(src, ok=False)
     assert r.returncode == 2 and "corrupt gz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_store_flag_writes_bars_regimes_and_models(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    db = tmp_path / "r.db"
+    src = spy_daily_csv(tmp_path / "spy.csv", 700)
+    env = {**os.environ, "AETHERION_SQL_URL": f"sqlite+aiosqlite:///{db}"}
+    r = subprocess.run([sys.executable, "-m", "aetherion", "replay", str(src), "--market", "spy",
+                        "--store", "--regime-restarts", "1"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with sqlite3.connect(db) as conn:
+        count = {t: conn.execute(f"select count(*) from {t} where market = 'spy'").fetchone()[0]  # noqa: S608
+                 for t in ("market_candles", "market_features", "regime_state", "model_versions")}
+    assert count["market_candles"] == count["market_features"] == 700
+    assert count["regime_state"] >= 700 and count["model_versions"] >= 1
