@@ -192,6 +192,7 @@ class MarketPipeline:
         self.candles.seed(history.get(finest, ()))
         self.regime.end_warm_up()
         self._train()
+        self._event()
 
     def restore_policy(self, state: PolicyState) -> None:
         """The position, cooldown and last decided bar as the store has them (a restart)."""
@@ -213,6 +214,12 @@ class MarketPipeline:
     def _train(self) -> None:
         for req in self.regime.training_due():
             self.trainer(self, req)
+
+    def _event(self) -> None:
+        """Event time moved on: a trainer that replays a live run installs what arrived then."""
+        hook = getattr(self.trainer, "on_event", None)
+        if hook is not None:
+            hook(self)
 
     def _bars(self, bars: list[Bar]) -> None:
         if not bars:
@@ -250,6 +257,7 @@ class MarketPipeline:
                     self.sink.decision(self.market, d)
         self.event_ms = max(self.event_ms, close_time)
         self._train()
+        self._event()
 
 
 # ---- connectors ---------------------------------------------------------------------------

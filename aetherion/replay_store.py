@@ -36,16 +36,25 @@ class StoredTrainer:
         for v in sorted(versions, key=lambda v: v.version):
             self.queue[v.timeframe].append(v)
         self.missing = 0
+        self.waiting: list[tuple[ModelVersion, TrainRequest]] = []
 
     def __call__(self, pipeline: MarketPipeline, req: TrainRequest) -> None:
         q = self.queue[req.timeframe]
-        if not q:  # the live run stopped before this fit came back
+        if not q:  # the live run stopped before this fit came back: it stays requested
             self.missing += 1
-            pipeline.regime.tracks[req.timeframe].requested = True  # keep waiting, like live
             return
-        mv = q.popleft()
-        result = FitResult(req, mv.status == "active", mv.reason, mv.params, mv.loglik)
-        pipeline.install(result, mv.effective_from)
+        self.waiting.append((q.popleft(), req))
+        self.on_event(pipeline)
+
+    def on_event(self, pipeline: MarketPipeline) -> None:
+        """Install each fit when event time reaches the time it arrived live (its
+        ``effective_from``), exactly where the live run installed it: after the bars closed by
+        then, before any later one."""
+        due = [(mv, req) for mv, req in self.waiting if mv.effective_from <= pipeline.event_ms]
+        for mv, req in due:
+            self.waiting.remove((mv, req))
+            result = FitResult(req, mv.status == "active", mv.reason, mv.params, mv.loglik)
+            pipeline.install(result, mv.effective_from)
 
 
 async def replay_from_store(settings: Settings, market_id: str, since: int | None = None,
@@ -116,7 +125,8 @@ def _run(settings: Settings, market_id: str, history: dict[str, list[Bar]], tick
         "trades": len(ticks), "elapsed_s": round(elapsed, 3),
         "regimes": sum(u.timeframe == "fused" for u in sink.regimes),
         "decisions": len(sink.decisions),
-        "models_replayed": len(versions) - sum(len(q) for q in trainer.queue.values()),
+        "models_replayed": len(versions) - sum(len(q) for q in trainer.queue.values())
+        - len(trainer.waiting),
         "models_missing": trainer.missing,
     }
     return ReplayResult(rows, summary, sink)
