@@ -19,6 +19,7 @@ from aetherion import __version__
 from aetherion.config import Settings, settings_error_line
 from aetherion.domain import TIMEFRAME_MS
 from aetherion.logs import configure_logging
+from aetherion.report import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS
 
 __all__ = ["main"]
 
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="FILE.csv or FILE.parquet")
     rp.add_argument("--store", action="store_true",
                     help="also write bars, features, regimes and models to the stores")
+    rp.add_argument("--fee-bps", type=float, default=DEFAULT_FEE_BPS,
+                    help="fee per unit traded, basis points (default %(default)s)")
+    rp.add_argument("--slippage-bps", type=float, default=DEFAULT_SLIPPAGE_BPS,
+                    help="slippage per unit traded, basis points (default %(default)s)")
+    rp.add_argument("--plot", type=Path, metavar="FILE.png",
+                    help="draw price by regime, decisions, position and confidence")
     for name, field in Settings.model_fields.items():
         if name.startswith(("regime_", "decision_")):
             rp.add_argument("--" + name.replace("_", "-"), dest=name, metavar="V",
@@ -96,6 +103,7 @@ def _run(settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from aetherion.replay import InputError, load, replay, summary_line, write_rows
+    from aetherion.report import performance, plot
 
     try:
         if args.from_store:
@@ -114,6 +122,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         write_rows(result.rows, Path("/dev/stdout"))
     if args.store:
         asyncio.run(_store(result, settings))
+    result.summary["performance"] = performance(result.rows, args.fee_bps, args.slippage_bps)
+    if args.plot:
+        plot(result.rows, args.plot, f"{args.market}: {result.summary['timeframe']} bars")
     print(summary_line(result.summary), flush=True)
     return 0
 

@@ -244,7 +244,8 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     tfs = [timeframe] + [t for t in settings.timeframes
                          if TIMEFRAME_MS[t] > base and TIMEFRAME_MS[t] % base == 0]
     s = settings.model_copy(update={"timeframes": tuple(tfs), "decision_timeframe": timeframe})
-    market = MarketConfig(id=market_id, venue="crypto", connector="simulator", symbol=market_id)
+    safe = re.sub(r"[^a-z0-9_-]", "-", market_id.lower())[:32] or "replay"  # any name goes
+    market = MarketConfig(id=safe, venue="crypto", connector="simulator", symbol=market_id)
     sink = ListSink()
     pipe = MarketPipeline(market, s, sink)
     t0 = time.perf_counter()
@@ -351,4 +352,4 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    return orjson.dumps(summary).decode()
+    return orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY).decode()

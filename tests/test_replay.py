@@ -50,6 +50,10 @@ def test_candles_csv_rows_and_summary(tmp_path: Path) -> None:
     assert set(summary) >= {"bars", "trades", "elapsed_s", "trades_per_s", "bars_per_s",
                             "regime_share", "actions"}
     assert sum(summary["actions"].values()) == 1500
+    perf = summary["performance"]
+    assert perf["execution"] == "next bar open" and perf["bars"] == 1500
+    assert set(perf["strategy"]) >= {"total_return", "annualized_volatility", "max_drawdown",
+                                     "round_trips", "hit_rate"}
     assert abs(sum(summary["regime_share"].values()) - 1) < 1e-3
     assert df["ts"][0] == "1998-01-02T00:00:00Z"
     assert set(df["position"].unique()) <= {"long", "flat", "short"}
