@@ -15,11 +15,14 @@ horizon (``keep`` bars per timeframe); an older late trade is counted in ``late_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from aetherion.domain import BUY, SELL, TIMEFRAME_MS, Bar, Tick
 
 __all__ = ["CandleEngine"]
+
+_COLUMNS = attrgetter("ts", "price", "size", "side")
 
 
 class _State:
@@ -120,16 +123,16 @@ class CandleEngine:
 
     def on_ticks(self, ticks: Sequence[Tick]) -> list[Bar]:
         """Add a batch of trades; returns the bars that closed or were revised, in order."""
-        return self.on_trades(
-            [t.ts for t in ticks], [t.price for t in ticks],
-            [t.size for t in ticks], [t.side for t in ticks],
-        )
+        return self._run(map(_COLUMNS, ticks))
 
-    def on_trades(  # noqa: C901 - the per-trade loop is inlined on purpose
+    def on_trades(
         self, ts: Sequence[int], price: Sequence[float], size: Sequence[float],
         side: Sequence[int],
     ) -> list[Bar]:
         """Columnar form of :meth:`on_ticks` (the replay feeds columns directly)."""
+        return self._run(zip(ts, price, size, side, strict=True))
+
+    def _run(self, rows: Iterable[tuple[int, float, float, int]]) -> list[Bar]:  # noqa: C901
         out: list[Bar] = []
         base = self._tf_ms[0]
         cur = self._open[0]
@@ -144,11 +147,8 @@ class CandleEngine:
             hi = lo = op = cl = vol = buy = sell = 0.0
             first = last = cnt = 0
             sided = True
-        for i in range(len(ts)):
-            t = ts[i]
+        for t, p, q, s in rows:  # the per-trade loop, inlined on purpose
             if start <= t < end:
-                p = price[i]
-                q = size[i]
                 if p > hi:
                     hi = p
                 elif p < lo:
@@ -159,7 +159,6 @@ class CandleEngine:
                     op, first = p, t
                 vol += q
                 cnt += 1
-                s = side[i]
                 if s == BUY:
                     buy += q
                 elif s == SELL:
@@ -172,14 +171,14 @@ class CandleEngine:
                     hi, lo, op, cl, first, last
                 cur.volume, cur.buy, cur.sell, cur.count, cur.sided = vol, buy, sell, cnt, sided
             if t - t % base + base <= self._closed_until[0]:
-                self._late(t, price[i], size[i], side[i], out)
+                self._late(t, p, q, s, out)
                 continue
             if cur is not None:
                 self._close_finest(out)
             key = t - t % base
             self._roll(key, out)
-            cur = self._open[0] = _State(key, t, price[i])
-            cur.add(t, price[i], size[i], side[i])
+            cur = self._open[0] = _State(key, t, p)
+            cur.add(t, p, q, s)
             start, end = key, key + base
             hi, lo, op, cl, first, last = cur.high, cur.low, cur.open, cur.close, \
                 cur.first_ts, cur.last_ts
