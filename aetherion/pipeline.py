@@ -317,6 +317,7 @@ class LiveMarket:
         self.last_tick: Tick | None = None
         self.book: BookSnapshot | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.failed_batches = 0
 
     def snapshot(self) -> dict[str, Any]:
         """Last price, best bid/ask, the latest bar per timeframe (open if one is building),
@@ -348,7 +349,12 @@ class LiveMarket:
                 continue
             if not item:
                 continue
-            self.pipeline.on_ticks(item)
+            try:
+                self.pipeline.on_ticks(item)
+            except Exception:  # a bug or a value no stage expected: skip it, keep the market
+                self.failed_batches += 1
+                log.exception("batch skipped", market=self.market.id, ticks=len(item))
+                continue
             last = item[-1]
             self.last_tick = last
             if last.recv_ns:
