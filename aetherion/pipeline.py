@@ -448,6 +448,21 @@ class Runtime:
     def _publish_open(self, bar: Bar) -> None:
         self.hubs["market"].publish(bar.market, encode("bar", bar.market, bar_json(bar)))
 
+    async def readiness(self) -> list[str]:
+        """Why the process is not ready to serve (empty when it is)."""
+        problems = []
+        for name, ping in (("sql", self.state.ping), ("market store", self.store.ping)):
+            try:
+                async with asyncio.timeout(2.0):
+                    await ping()
+            except Exception as e:  # unreachable, refusing, or too slow
+                problems.append(f"{name} unreachable: {str(e)[:200] or type(e).__name__}")
+        for mid, live in self.markets.items():
+            state = live.connector.stats.state
+            if state not in ("live", "connecting", "resyncing"):
+                problems.append(f"market {mid} is {state}")
+        return problems
+
     def store_status(self) -> dict[str, object]:
         out: dict[str, object] = {
             "sql": self.settings.sql_url.split("://", 1)[0],

@@ -125,6 +125,8 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
             feats = httpx.get(f"{base}/api/market/features/spy", params={"timeframe": tf}).json()
             assert len(feats["features"]) == 100
             assert all(f["atr"] > 0 and f["volatility"] > 0 for f in feats["features"])
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
         snap = httpx.get(f"{base}/api/market/snapshot/btcusdt").json()
         assert snap["price"] > 0 and snap["bid"] < snap["ask"] and set(snap["bars"]) == {"1s", "5s"}
         book = httpx.get(f"{base}/api/market/orderbook/nifty", params={"depth": 5}).json()
@@ -208,3 +210,22 @@ def test_bad_setting_is_one_line(name: str, value: str, expect: str) -> None:
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_readyz_names_a_market_that_cannot_connect(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = {"AETHERION_SQL_URL": f"sqlite+aiosqlite:///{tmp_path}/r.db",
+           "AETHERION_MARKETS": json.dumps([
+               {"id": "dead", "venue": "crypto", "connector": "binance", "symbol": "BTC/USDT",
+                "ws_url": f"ws://127.0.0.1:{port}/stream",
+                "rest_url": f"http://127.0.0.1:{port}/api/v3"}])}
+    with server(env, tmp_path / "server.log") as base:
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.get(f"{base}/readyz")
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert r.status_code == 503
+        assert any(p.startswith("market dead is") for p in r.json()["problems"])
+        assert httpx.get(f"{base}/healthz").status_code == 200  # alive all the same

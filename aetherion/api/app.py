@@ -43,6 +43,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Ready when both stores answer and every market is live or warming up."""
+        problems = await runtime.readiness()
+        body = {"status": "not ready" if problems else "ready", "problems": problems}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
     app.include_router(market.router)
     app.include_router(market.ws_router)
     app.include_router(regime.router)
