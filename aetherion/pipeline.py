@@ -46,6 +46,7 @@ from aetherion.domain import (
 from aetherion.features.candles import CandleEngine
 from aetherion.features.engine import FeatureEngine
 from aetherion.ingest.base import Checkpoints, Connector, LatencyWindow, Outbox
+from aetherion.metrics import Metrics
 from aetherion.regime.engine import RegimeEngine
 from aetherion.regime.model import FitResult, TrainRequest, fit
 
@@ -318,6 +319,7 @@ class LiveMarket:
         self.book: BookSnapshot | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.failed_batches = 0
+        self.latency: Any = None  # the process's latency histogram, when metrics are kept
 
     def snapshot(self) -> dict[str, Any]:
         """Last price, best bid/ask, the latest bar per timeframe (open if one is building),
@@ -359,8 +361,14 @@ class LiveMarket:
             self.last_tick = last
             if last.recv_ns:
                 now_ns = time.time_ns()
-                stats.receive_to_processed.add((now_ns - last.recv_ns) / 1e6)
-                stats.exchange_to_receive.add(last.recv_ns / 1e6 - last.ts)
+                processed, received = (now_ns - last.recv_ns) / 1e6, last.recv_ns / 1e6 - last.ts
+                stats.receive_to_processed.add(processed)
+                stats.exchange_to_receive.add(received)
+                if self.latency is not None:
+                    self.latency.labels(self.market.id, "receive_to_processed").observe(
+                        processed / 1000)
+                    self.latency.labels(self.market.id, "exchange_to_receive").observe(
+                        max(0.0, received / 1000))
 
     async def clock(self, publish_open: Callable[[Bar], None]) -> None:
         step = 0
@@ -394,10 +402,23 @@ class Runtime:
         self._background: set[asyncio.Future[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.latest_decisions: dict[str, Decision] = {}
+        self.metrics = Metrics(self._scrape)
+
+    def _scrape(self) -> dict[str, Any]:
+        writers = [w for w in (getattr(self, "writer", None), getattr(self, "state_writer", None))
+                   if w is not None]
+        return {
+            "connectors": {mid: live.connector.stats.as_dict()
+                           for mid, live in self.markets.items()},
+            "stores": {w.name: {"backlog": w.backlog, "errors": w.errors} for w in writers},
+            "hubs": {name: {"clients": h.client_count, "messages": h.messages,
+                            "dropped": h.dropped_clients} for name, h in self.hubs.items()},
+        }
 
     # Sink ------------------------------------------------------------------------------------
 
     def ticks(self, market: MarketConfig, ticks: Sequence[Tick]) -> None:
+        self.metrics.ticks.labels(market.id).inc(len(ticks))
         self.writer.put("ticks", list(ticks))
         hub = self.hubs["market"]
         if hub.client_count:
@@ -405,6 +426,8 @@ class Runtime:
                 hub.publish(market.id, encode("tick", market.id, tick_json(t)))
 
     def bar(self, market: MarketConfig, bar: Bar) -> None:
+        if not bar.revision:
+            self.metrics.bars.labels(market.id, bar.timeframe).inc()
         self.writer.put("bars", [bar])
         self.hubs["market"].publish(market.id, encode("bar", market.id, bar_json(bar)))
 
@@ -412,10 +435,12 @@ class Runtime:
         self.writer.put("history_bars", [bar])
 
     def features(self, market: MarketConfig, f: Features) -> None:
+        self.metrics.features.labels(market.id, f.timeframe).inc()
         self.writer.put("features", [f])
         self.hubs["market"].publish(market.id, encode("features", market.id, features_json(f)))
 
     def regime(self, market: MarketConfig, u: RegimeUpdate) -> None:
+        self.metrics.regimes.labels(market.id).inc()
         self.state_writer.put("regimes", [u])
         self.hubs["regime"].publish(market.id, encode("regime", market.id, regime_json(u)))
 
@@ -433,6 +458,11 @@ class Runtime:
                  effective_from=mv.effective_from)
 
     def decision(self, market: MarketConfig, d: Decision) -> None:
+        m = self.metrics
+        m.decisions.labels(market.id, d.action).inc()
+        closed_ms = d.bar_time + timeframe_ms(d.timeframe)
+        m.latency.labels(market.id, "bar_close_to_decision").observe(
+            max(0.0, time.time_ns() / 1e9 - closed_ms / 1000))
         self.state_writer.put("decisions", [d.model_dump()])
         self.latest_decisions[market.id] = d
         self.hubs["decision"].publish(market.id, encode("decision", market.id,
@@ -523,6 +553,7 @@ class Runtime:
         self.started_ms = time.time_ns() // 1_000_000
         for m in s.markets:
             live = LiveMarket(m, s, make_connector(m, s, self.state), self, self._train)
+            live.latency = self.metrics.latency
             self.markets[m.id] = live
             for tf, mv in (await self.state.latest_models(m.id)).items():
                 if tf in live.pipeline.regime.tracks:
@@ -588,7 +619,9 @@ class Runtime:
         while True:
             t0 = time.perf_counter()
             await asyncio.sleep(LAG_PROBE_S)
-            self.loop_lag.add(max(0.0, (time.perf_counter() - t0 - LAG_PROBE_S) * 1000))
+            lag = max(0.0, time.perf_counter() - t0 - LAG_PROBE_S)
+            self.loop_lag.add(lag * 1000)
+            self.metrics.loop_lag.observe(lag)
 
     async def _guard(self, market: MarketConfig, coro: Any, stage: str) -> None:
         """Run one market task; a crash is logged with the market, never silent."""

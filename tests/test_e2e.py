@@ -125,6 +125,21 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
             feats = httpx.get(f"{base}/api/market/features/spy", params={"timeframe": tf}).json()
             assert len(feats["features"]) == 100
             assert all(f["atr"] > 0 and f["volatility"] > 0 for f in feats["features"])
+        metrics = httpx.get(f"{base}/metrics").text
+        for name in ("aetherion_ticks_total", "aetherion_bars_closed_total",
+                     "aetherion_features_total", "aetherion_regime_updates_total",
+                     "aetherion_decisions_total", "aetherion_connector_state",
+                     "aetherion_connector_reconnects_total", "aetherion_gaps_total",
+                     "aetherion_latency_seconds_bucket", "aetherion_store_backlog",
+                     "aetherion_store_errors_total", "aetherion_websocket_clients",
+                     "aetherion_websocket_messages_total",
+                     "aetherion_websocket_dropped_clients_total",
+                     "aetherion_event_loop_lag_seconds_bucket"):
+            assert f"\n{name}" in metrics, name
+        assert 'aetherion_connector_state{market="spy",state="live"} 1.0' in metrics
+        ticks = [line for line in metrics.splitlines()
+                 if line.startswith('aetherion_ticks_total{market="btcusdt"}')]
+        assert ticks and float(ticks[0].split()[-1]) > 40
         ready = httpx.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
         snap = httpx.get(f"{base}/api/market/snapshot/btcusdt").json()
