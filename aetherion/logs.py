@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -29,6 +30,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_redact)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
@@ -48,6 +50,17 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel("WARNING")  # import-time chatter
     # hmmlearn warns on every restart that stops early; the fit's own checks judge convergence
     logging.getLogger("hmmlearn").setLevel("ERROR")
+
+
+_SECRET = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+
+def _redact(record: logging.LogRecord) -> bool:
+    """A WebSocket URL's ``token`` (the API key) never reaches a log line."""
+    msg = record.getMessage() if record.args else record.msg
+    if isinstance(msg, str) and "token=" in msg.lower():
+        record.msg, record.args = _SECRET.sub(r"\1***", msg), ()
+    return True
 
 
 def _identity(

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from aetherion.storage.schema import decisions
 
@@ -244,3 +245,37 @@ def test_readyz_names_a_market_that_cannot_connect(tmp_path: Path) -> None:
         assert r.status_code == 503
         assert any(p.startswith("market dead is") for p in r.json()["problems"])
         assert httpx.get(f"{base}/healthz").status_code == 200  # alive all the same
+
+
+def test_api_key_guards_rest_and_websockets(tmp_path: Path) -> None:
+    key = "k-" + "x" * 30
+    env = {"AETHERION_SQL_URL": f"sqlite+aiosqlite:///{tmp_path}/k.db", "AETHERION_API_KEY": key,
+           "AETHERION_TIMEFRAMES": "1s,5s"}
+    with server(env, tmp_path / "server.log") as base:
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/").status_code == 200  # the page asks for the key itself
+        for path in ("/api/market/status", "/api/decision/latest", "/metrics", "/readyz"):
+            r = httpx.get(f"{base}{path}")
+            assert r.status_code == 401 and key not in r.text, path
+        assert httpx.get(f"{base}/api/market/status", headers={"X-API-Key": "wrong"}
+                         ).status_code == 401
+        assert httpx.get(f"{base}/api/market/status", headers={"X-API-Key": key}
+                         ).status_code == 200
+        assert httpx.get(f"{base}/api/market/status",
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        ws = base.replace("http", "ws") + "/ws/market"
+
+        async def refused() -> int | None:
+            async with connect(ws) as c:
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(c.recv(), 5)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+        async def allowed(url: str, **kw: Any) -> str:
+            async with connect(url, **kw) as c:
+                return str(json.loads(await asyncio.wait_for(c.recv(), 5))["type"])
+
+        assert asyncio.run(refused()) == 1008
+        assert asyncio.run(allowed(f"{ws}?token={key}")) == "snapshot"
+        assert asyncio.run(allowed(ws, additional_headers={"X-API-Key": key})) == "snapshot"
+    assert key not in (tmp_path / "server.log").read_text()

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from aetherion import __version__
 from aetherion.api import dashboard, decision, market, regime
 from aetherion.api.params import UnknownMarket
+from aetherion.api.security import ApiKeyMiddleware
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
 
@@ -62,4 +63,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(decision.router)
     app.include_router(decision.ws_router)
     app.include_router(dashboard.router)
+    app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
     return app
