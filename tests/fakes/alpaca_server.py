@@ -84,7 +84,8 @@ def rfc3339(ns: int) -> str:
 class AlpacaServer:
     """``async with AlpacaServer(script) as srv``: serves on ``srv.url``."""
 
-    def __init__(self, script: list[dict[str, Any]], key: str = "PKTEST", secret: str = "s3cr3t",
+    def __init__(self, script: list[dict[str, Any]], key: str = "PKTEST",
+                 secret: str = "s3cr3t",  # noqa: S107 - a test credential
                  batch: int = 20, auth_timeout_s: float = 10.0) -> None:
         self.script = script
         self.key, self.secret = key, secret
