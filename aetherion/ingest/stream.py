@@ -24,7 +24,12 @@ from typing import Any
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BookSnapshot, Tick
@@ -101,6 +106,10 @@ class StreamConnector(Connector, abc.ABC):
     def decode(self, frame: Frame) -> tuple[list[Tick], BookSnapshot | None]:
         """Ticks and at most one book of a frame; count and skip what is malformed."""
 
+    def connect_headers(self) -> dict[str, str]:
+        """Extra HTTP headers of the websocket upgrade request."""
+        return {}
+
     def safe_url(self) -> str:
         return self.connect_url().split("?", 1)[0]
 
@@ -139,9 +148,15 @@ class StreamConnector(Connector, abc.ABC):
         try:
             async with asyncio.timeout(self.open_timeout_s):
                 ws = await connect(self.connect_url(), max_size=self.max_frame_bytes,
+                                   additional_headers=self.connect_headers(),
                                    open_timeout=None, compression=None)
-        except InvalidURI as e:
-            raise StreamError(f"bad ws_url: {e}", fatal=True) from None
+        except InvalidURI:
+            raise StreamError(f"bad ws_url {self.safe_url()!r}", fatal=True) from None
+        except InvalidStatus as e:
+            status = e.response.status_code
+            raise StreamError(f"websocket upgrade refused with HTTP {status}"
+                              + (" (credentials rejected)" if status in (401, 403) else ""),
+                              fatal=status in (401, 403)) from None
         except InvalidHandshake as e:
             raise StreamError(f"websocket handshake refused: {e}") from None
         async with ws:
