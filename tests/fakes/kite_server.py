@@ -115,12 +115,11 @@ def synthetic_day(n: int, seed: int = 11, token: int = RELIANCE,
             turnover += ltp * qty
             h, lo = max(h, ltp), min(lo, ltp)
             trade = (ts, ltp / 100, qty)
-        bids = [Level(ltp - 5 * (k + rng.randint(0, 1)), rng.randint(1, 900), rng.randint(1, 20))
+        shift = rng.randint(0, 1)  # the last trade was at the bid (0) or at the ask (1)
+        bids = [Level(ltp - 5 * (k + shift), rng.randint(1, 900), rng.randint(1, 20))
                 for k in range(5)]
-        asks = [Level(ltp + 5 * (k + rng.randint(0, 1)), rng.randint(1, 900), rng.randint(1, 20))
+        asks = [Level(ltp + 5 * (k + 1 - shift), rng.randint(1, 900), rng.randint(1, 20))
                 for k in range(5)]
-        bids.sort(key=lambda lv: -lv.price)
-        asks.sort(key=lambda lv: lv.price)
         states.append(InstrumentState(
             token, ltp, trade[2] if trade else 10, turnover // volume, volume,
             sum(b.quantity for b in bids) * 40, sum(a.quantity for a in asks) * 40,
