@@ -267,6 +267,8 @@ CONNECTORS: dict[str, str] = {
     "simulator": "aetherion.ingest.simulator:SimulatorConnector",
     "binance": "aetherion.ingest.binance:BinanceConnector",
     "ccxt": "aetherion.ingest.ccxt_pro:CcxtConnector",
+    "alpaca": "aetherion.ingest.alpaca:AlpacaConnector",
+    "kite": "aetherion.ingest.kite:KiteConnector",
 }
 
 

@@ -217,6 +217,10 @@ def test_mysql_and_mongo(tmp_path: Path, mysql_url: str, mongo_url: str) -> None
      ' "symbol": "X"}]', "AETHERION_MARKETS[0][id]"),
     ("AETHERION_SQL_URL", "postgres://x", "AETHERION_SQL_URL"),
     ("AETHERION_DECISION_TIMEFRAME", "4h", "AETHERION_DECISION_TIMEFRAME"),
+    ("AETHERION_MARKETS", '[{"id": "aapl", "venue": "us", "connector": "alpaca", "symbol": "AAPL",'
+     ' "api_key_env": "NO_SUCH_KEY_1", "api_secret_env": "NO_SUCH_KEY_2"}]', "NO_SUCH_KEY_1"),
+    ("AETHERION_MARKETS", '[{"id": "nifty", "venue": "nse", "connector": "kite", "symbol": "NIFTY",'
+     ' "instrument_token": 256265}]', "market nifty: connector 'kite'"),
     ("AETHERION_MARKETS", '[{"id": "b", "venue": "crypto", "connector": "nope", "symbol": "X"}]',
      "AETHERION_MARKETS[0][connector]"),
 ])
