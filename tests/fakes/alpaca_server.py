@@ -21,8 +21,8 @@ import contextlib
 import csv
 import io
 import json
+import time
 import zipfile
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,8 @@ class AlpacaServer:
         self.cursor = 0
         self.published: list[dict[str, Any]] = []
         self.cut_after: int | None = None
+        self.realtime = False  # pace the script by its own times, moved to start at first send
+        self._t0: tuple[int, int] | None = None
         self.silent = False
         self.inject: list[str | bytes] = []
         self.connections = 0
@@ -177,6 +179,7 @@ class AlpacaServer:
                 continue
             while self.inject:
                 await ws.send(self.inject.pop(0))
+            await self._pace()
             n = self.batch if self.cut_after is None else min(self.batch, self.cut_after)
             chunk = [m for m in self.script[self.cursor:self.cursor + n]
                      if m["S"] in wanted.get(m["T"], ())]
@@ -191,6 +194,19 @@ class AlpacaServer:
             if self.cut_after is not None:
                 self.cut_after -= n
             await asyncio.sleep(0)
+
+    async def _pace(self) -> None:
+        if not self.realtime:
+            return
+        if self._t0 is None:  # the script's times start now
+            shift = time.time_ns() - self.script[self.cursor]["t"]
+            for m in self.script[self.cursor:]:
+                m["t"] += shift
+            self._t0 = (self.script[self.cursor]["t"], time.time_ns())
+        t = self.script[self.cursor]["t"]
+        wait_ns = (t - self._t0[0]) - (time.time_ns() - self._t0[1])
+        if wait_ns > 0:
+            await asyncio.sleep(wait_ns / 1e9)
 
     # encoding ------------------------------------------------------------------------------
 
@@ -208,5 +224,23 @@ class AlpacaServer:
         return msg if isinstance(msg, dict) else {}
 
 
-def iter_ticks(msgs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    yield from (m for m in msgs if m["T"] == "t")
+async def main() -> None:
+    """``cd tests && python -m fakes.alpaca_server --port 9001``: the SPY day from 09:30 in
+    real time, its times moved to the present when a client first subscribes (key ``PKTEST``,
+    secret ``s3cr3t``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, default=9001)
+    ap.add_argument("--trades", type=int, default=200_000)
+    args = ap.parse_args()
+    script = with_quotes(spy_trades(limit=args.trades))
+    srv = AlpacaServer(script, batch=1)
+    srv.realtime = True
+    async with serve(srv._handle, "127.0.0.1", args.port, compression=None):
+        print(f"alpaca stream on ws://127.0.0.1:{args.port}/v2/iex", flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

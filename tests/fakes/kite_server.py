@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
@@ -141,6 +142,8 @@ class KiteServer:
         self.cursor = 0
         self.published: list[InstrumentState] = []
         self.cut_after: int | None = None
+        self.realtime = False  # pace by exchange times, moved to start at first send
+        self._t0: tuple[int, float] | None = None
         self.silent = False
         self.inject: list[str | bytes] = []
         self.connections = 0
@@ -216,6 +219,7 @@ class KiteServer:
                 continue
             while self.inject:
                 await ws.send(self.inject.pop(0))
+            await self._pace()
             n = self.per_frame if self.cut_after is None else min(self.per_frame, self.cut_after)
             if n == 0:
                 self.cut_after = None
@@ -229,3 +233,41 @@ class KiteServer:
             if self.cut_after is not None:
                 self.cut_after -= n
             await asyncio.sleep(0)
+
+    async def _pace(self) -> None:
+        if not self.realtime:
+            return
+        if self._t0 is None:  # the script's times start now
+            shift = int(time.time()) - self.script[self.cursor].ets
+            for st in self.script[self.cursor:]:
+                st.ets += shift
+                st.ltt += shift
+                if st.trade is not None:
+                    st.trade = (st.trade[0] + shift, *st.trade[1:])
+            self._t0 = (self.script[self.cursor].ets, time.time())
+        ets = self.script[self.cursor].ets
+        wait = (ets - self._t0[0]) - (time.time() - self._t0[1])
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+async def main() -> None:
+    """``cd tests && python -m fakes.kite_server --port 9002``: a synthetic RELIANCE day in real
+    time, from now (api_key ``kitekey``, access token ``tok3n``, instrument token 738561)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, default=9002)
+    ap.add_argument("--packets", type=int, default=100_000)
+    args = ap.parse_args()
+    start = datetime.now(KOLKATA).replace(tzinfo=None).isoformat(timespec="seconds")
+    srv = KiteServer(synthetic_day(args.packets, start=start))
+    srv.realtime = True
+    async with serve(srv._handle, "127.0.0.1", args.port, compression=None,
+                     process_request=srv._check):
+        print(f"kite ticker on ws://127.0.0.1:{args.port}", flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
