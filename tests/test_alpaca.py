@@ -196,11 +196,9 @@ async def test_cuts_silence_and_garbage_leave_candles_equal_to_what_was_publishe
     async with AlpacaServer(script, KEY, SECRET, batch=25) as srv:
         c = connector(srv.url)
         c.silence_s = 0.3
+        srv.cut_at = 1010  # the connection drops mid-stream
+        srv.silence_at = 2000  # socket open, nothing said: the watchdog must reconnect
         async with running(c) as out:
-            await until(lambda: srv.cursor >= 1000)
-            srv.cut_after = 10  # the connection drops mid-stream
-            await until(lambda: srv.connections == 2 and srv.cursor >= 2000)
-            srv.silent = True  # socket open, nothing said: the watchdog must reconnect
             await until(lambda: srv.connections == 3)
             srv.inject += ["[{\"T\":\"t\",\"S\":\"SPY\",\"p\":", b"\xff\x00", "[{\"T\":\"q\"}]"]
             srv.silent = False

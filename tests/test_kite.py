@@ -244,11 +244,9 @@ async def test_cuts_silence_and_garbage_leave_candles_equal_to_what_was_publishe
     async with KiteServer(script, API_KEY, TOKEN, per_frame=5) as srv:
         c = connector(srv.url)
         c.silence_s = 0.3
+        srv.cut_at = 403  # the connection drops mid-stream
+        srv.silence_at = 900  # no packets, no heartbeat: the watchdog must reconnect
         async with running(c) as out:
-            await until(lambda: srv.cursor >= 400)
-            srv.cut_after = 3
-            await until(lambda: srv.connections == 2 and srv.cursor >= 900)
-            srv.silent = True  # no packets, no heartbeat
             await until(lambda: srv.connections == 3)
             srv.inject += [b"\x00\x03\x00\x08", b"\x00\x01\x00\x07" + b"\x00" * 7,
                            json.dumps({"type": "error", "data": "Too many requests"})]

@@ -142,6 +142,8 @@ class KiteServer:
         self.cursor = 0
         self.published: list[InstrumentState] = []
         self.cut_after: int | None = None
+        self.cut_at: int | None = None  # close the connection when the cursor gets there
+        self.silence_at: int | None = None  # go silent when the cursor gets there
         self.realtime = False  # pace by exchange times, moved to start at first send
         self._t0: tuple[int, float] | None = None
         self.silent = False
@@ -216,6 +218,13 @@ class KiteServer:
                 if self.cursor >= len(self.script):
                     self.done.set()
                 await asyncio.sleep(0.01)
+                continue
+            if self.cut_at is not None and self.cursor >= self.cut_at:
+                self.cut_at = None
+                await ws.close()
+                return
+            if self.silence_at is not None and self.cursor >= self.silence_at:
+                self.silence_at, self.silent = None, True
                 continue
             while self.inject:
                 await ws.send(self.inject.pop(0))
