@@ -7,10 +7,10 @@ import datetime as dt
 import io
 import math
 import zipfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from datadir import DATA  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -28,7 +28,6 @@ from aetherion.decision import (
 from aetherion.domain import Bar, Features, RegimeUpdate
 from aetherion.features.engine import FeatureEngine
 
-DATA = Path("/work/shared/data")
 MIN = 60_000
 STRATEGY_OF = {"bull": "trend_long", "bear": "trend_short", "sideways": "mean_reversion",
                "crisis": "risk_off", "unknown": None}

@@ -24,16 +24,16 @@ import json
 import time
 import zipfile
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgpack
+from datadir import DATA as SHARED
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "us_equities"
+DATA = SHARED / "us_equities"
 NEW_YORK = ZoneInfo("America/New_York")
 OPEN_MS = 34_200_000  # 09:30 New York, ms since midnight
 

@@ -27,13 +27,13 @@ import gzip
 import heapq
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
+from datadir import DATA as SHARED
 
-DATA = Path("/work/shared/data/binance")
+DATA = SHARED / "binance"
 EXCHANGE_INFO = DATA / "exchange_info_spot_btcusdt_ethusdt.json"
 
 
