@@ -199,28 +199,6 @@ def test_spy_daily_regimes_make_sense(spy_full: tuple[list[Bar], ListSink]) -> N
         print(f"{y}  " + "  ".join(f"{c[r] / n:8.2f}" for r in (*REGIMES, "unknown")))
 
 
-def test_spy_crisis_days_are_the_volatile_ones(spy_full: tuple[list[Bar], ListSink]) -> None:
-    """Realized volatility (|daily log return|, annualized RMS) by stable fused regime: crisis
-    days are far more volatile than bull days, and both 2008 and 2020 hold crisis days."""
-    bars, sink = spy_full
-    regime = {u.open_time: u.regime for u in sink.regimes if u.timeframe == "fused"}
-    rets: dict[str, list[float]] = {}
-    for prev, cur in zip(bars, bars[1:], strict=False):
-        rets.setdefault(regime.get(cur.open_time, "unknown"), []).append(
-            math.log(cur.close / prev.close))
-
-    def vol(r: str) -> float:
-        return math.sqrt(sum(x * x for x in rets[r]) / len(rets[r]) * 252)
-
-    assert vol("crisis") > 2 * vol("bull") and vol("crisis") > max(vol("bear"),
-                                                                   vol("sideways"))
-    assert sum(rets["crisis"]) / len(rets["crisis"]) < sum(rets["bull"]) / len(rets["bull"])
-    years = Counter(datetime.fromtimestamp(t / 1000, UTC).year
-                    for t, r in regime.items() if r == "crisis")
-    assert years[2008] >= 60 and years[2020] >= 40
-    assert years[2017] == 0 and years[2004] == 0
-
-
 @pytest.mark.parametrize("n", [900, 2600, 4100])
 def test_no_look_ahead_prefix_gives_prefix(
     spy_full: tuple[list[Bar], ListSink], n: int
