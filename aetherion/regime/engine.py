@@ -8,11 +8,10 @@ after its ``effective_from``, so what the engine says at bar t depends only on b
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,6 @@ from aetherion.domain import (
     RegimeUpdate,
     Transition,
 )
-from aetherion.regime.config import DEFAULT_STRATEGIES, RegimeConfig
 from aetherion.regime.model import (
     BASE_INPUTS,
     INPUTS,
@@ -36,12 +34,12 @@ from aetherion.regime.model import (
     observation,
 )
 
-__all__ = ["STRATEGY_OF", "UNKNOWN", "RegimeEngine", "Stability"]
+__all__ = ["STRATEGY_OF", "RegimeEngine", "Stability"]
 
 UNKNOWN = "unknown"
-#: The default active strategy of each stable regime (``RegimeConfig.strategies``).
-STRATEGY_OF = DEFAULT_STRATEGIES
-STATE_FORMAT = 1  # version of ``RegimeEngine.state()``'s layout
+#: The active strategy of each stable regime.
+STRATEGY_OF = {"bull": "trend_long", "bear": "trend_short", "sideways": "mean_reversion",
+               "crisis": "risk_off"}
 RETRY_BARS = 25  # bars before another try when a first fit was rejected
 REFILTER_BARS = 50  # a new model's filter starts by running over this many past observations
 ALL_INPUTS = tuple(INPUTS)
@@ -90,28 +88,23 @@ class _Track:
     requested: bool = False
     last_open: int | None = None  # open time of the newest bar fed
     retry_at: int = 0  # after a rejected first fit, try again once ``valid`` reaches this
-    inflight: TrainRequest | None = None  # asked for, not yet installed
 
     def __post_init__(self) -> None:
         self.history = deque(maxlen=self.window)
 
 
 class RegimeEngine:
-    """The regime stage of one market; ``timeframes`` finest first."""
-
-    def __init__(self, market: str, timeframes: Sequence[str],
-                 cfg: RegimeConfig | Settings) -> None:
+    def __init__(self, market: str, timeframes: Sequence[str], settings: Settings) -> None:
         self.market = market
-        self.cfg = cfg if isinstance(cfg, RegimeConfig) else RegimeConfig.from_settings(cfg)
-        self.timeframes = tuple(sorted(timeframes, key=TIMEFRAME_MS.__getitem__))
-        if not self.timeframes:
-            raise ValueError("a regime engine needs at least one timeframe")
+        self.s = settings
+        self.timeframes = tuple(timeframes)
         self.finest_ms = TIMEFRAME_MS[self.timeframes[0]]
         self.tracks = {
-            tf: _Track(tf, self.cfg.window, Stability(self.cfg.threshold, self.cfg.k))
+            tf: _Track(tf, settings.regime_window,
+                       Stability(settings.regime_threshold, settings.regime_k))
             for tf in self.timeframes
         }
-        self.fused = Stability(self.cfg.threshold, self.cfg.k)
+        self.fused = Stability(settings.regime_threshold, settings.regime_k)
         self.strategy: str | None = None
         self.last_fused: RegimeUpdate | None = None
         self._due: list[TrainRequest] = []
@@ -143,11 +136,6 @@ class RegimeEngine:
         t.stability.step(probs)
         return self.current(f.timeframe)
 
-    def warm(self, f: Features) -> None:
-        """A history bar (start-up bootstrap): fills the window and the filter, asks for no
-        training (call ``end_warm_up`` after the last one), emits nothing."""
-        self.on_features(f, schedule=False)
-
     def current(self, timeframe: str) -> RegimeUpdate | None:
         """The timeframe's regime at its newest bar (None without a model)."""
         t = self.tracks[timeframe]
@@ -156,8 +144,7 @@ class RegimeEngine:
         probs, stable = t.probs, t.stability.stable
         raw = max(REGIMES, key=probs.__getitem__)
         return RegimeUpdate(self.market, timeframe, t.last_open, raw, stable,
-                            probs.get(stable, 0.0), probs, t.version,
-                            self.cfg.strategies.get(stable))
+                            probs.get(stable, 0.0), probs, t.version, STRATEGY_OF.get(stable))
 
     def end_warm_up(self) -> None:
         """After history warm-up: ask for a first model where there is none."""
@@ -167,14 +154,14 @@ class RegimeEngine:
     def _maybe_request(self, t: _Track) -> None:
         if t.requested:
             return
-        first = (t.model is None and t.pending is None and t.valid >= self.cfg.min_bars
+        first = (t.model is None and t.pending is None and t.valid >= self.s.regime_min_bars
                  and t.valid >= t.retry_at)
-        again = t.model is not None and t.since_request >= self.cfg.retrain_bars
+        again = t.model is not None and t.since_request >= self.s.regime_retrain_bars
         if first or again:
             req = self._request(t)
             if req is not None:
                 self._due.append(req)
-                t.requested, t.inflight = True, req
+                t.requested = True
                 t.since_request = 0
 
     def _request(self, t: _Track) -> TrainRequest | None:
@@ -188,20 +175,17 @@ class RegimeEngine:
         idx = [ALL_INPUTS.index(n) for n in inputs]
         obs = [tuple(float(v[i]) for i in idx) for _, v in rows]  # type: ignore[arg-type]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
-                            self.cfg.seed, self.cfg.restarts, self.cfg.n_iter)
+                            self.s.regime_seed, self.s.regime_restarts, self.s.regime_n_iter)
 
     def training_due(self) -> list[TrainRequest]:
-        """Windows to (re)train, each from past bars only; hand each result to ``install``."""
         due, self._due = self._due, []
         return due
 
     def install(self, result: FitResult, effective_from: int) -> ModelVersion:
-        """Hand back a fit; an accepted model takes effect from the first bar with
-        ``open_time >= effective_from``. A rejected one keeps the previous model
-        (``status == "rejected"``). Versions count attempts per timeframe."""
+        """Hand back a fit; an accepted model takes effect from ``effective_from``."""
         req = result.request
         t = self.tracks[req.timeframe]
-        t.requested, t.inflight = False, None
+        t.requested = False
         t.attempts = max(t.attempts, t.version) + 1
         version = t.attempts
         if result.ok:
@@ -249,7 +233,7 @@ class RegimeEngine:
         acc = np.zeros(len(REGIMES))
         contributions: dict[str, dict[str, float]] = {}
         for tf, t in self.tracks.items():
-            w = self.cfg.weight(tf, self.timeframes)
+            w = self.s.weight(tf)
             if t.probs is None or w <= 0:
                 continue
             p = np.array([t.probs[r] for r in REGIMES])
@@ -271,12 +255,12 @@ class RegimeEngine:
         raw, changed = self.fused.step(probs)
         held = {t.stability.stable for t in self.tracks.values() if t.probs is not None}
         if before == UNKNOWN and not changed and held == {raw} \
-                and probs[raw] >= self.cfg.threshold:
+                and probs[raw] >= self.s.regime_threshold:
             # Leaving "unknown": every timeframe's own stability rule already holds this regime.
             self.fused.stable, self.fused.candidate, self.fused.count = raw, None, 0
             changed = True
         stable = self.fused.stable
-        strategy = self.cfg.strategies.get(stable)
+        strategy = STRATEGY_OF.get(stable)
         upd = RegimeUpdate(self.market, "fused", open_time, raw, stable, probs.get(stable, 0.0),
                            probs, finest.version or None, strategy, contributions)
         self.last_fused = upd
@@ -284,110 +268,13 @@ class RegimeEngine:
         if changed:
             parts = ", ".join(f"{tf} {_top(c)} {c[_top(c)]:.2f}"
                               for tf, c in contributions.items())
-            cause = (f"{stable} held p>={self.cfg.threshold} for {self.cfg.k} bars "
+            cause = (f"{stable} held p>={self.s.regime_threshold} for {self.s.regime_k} bars "
                      f"(p={probs[stable]:.2f}; {parts})")
             transition = Transition(self.market, "fused", open_time, before, stable,
                                     probs[stable], self.strategy, strategy, cause[:255])
             self.strategy = strategy
         return upd, transition
 
-
-    # ---- restart --------------------------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to go on after a restart, JSON-able (models' parameters included;
-        non-finite numbers as ``None``). Requests handed out but not installed are asked again
-        by the restored engine's ``training_due``."""
-        return {
-            "format": STATE_FORMAT, "market": self.market, "timeframes": list(self.timeframes),
-            "cfg": self.cfg.model_dump(), "fused": _stab_state(self.fused),
-            "strategy": self.strategy,
-            "last_fused": None if self.last_fused is None else _clean(asdict(self.last_fused)),
-            "tracks": {tf: _track_state(t) for tf, t in self.tracks.items()},
-        }
-
-    @classmethod
-    def from_state(cls, data: dict[str, Any]) -> RegimeEngine:
-        """The engine ``state()`` described; ``ValueError`` when ``data`` is not such a state."""
-        try:
-            if data.get("format") != STATE_FORMAT:
-                raise ValueError(f"unknown regime state format {data.get('format')!r}")
-            eng = cls(data["market"], data["timeframes"], RegimeConfig(**data["cfg"]))
-            _stab_load(eng.fused, data["fused"])
-            eng.strategy = data["strategy"]
-            lf = data["last_fused"]
-            eng.last_fused = None if lf is None else RegimeUpdate(**lf)
-            for tf, ts in data["tracks"].items():
-                t = eng.tracks[tf]
-                _track_load(t, ts)
-                if t.inflight is not None:
-                    eng._due.append(t.inflight)
-        except (KeyError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"not a regime engine state: {type(e).__name__}: {e}") from None
-        return eng
-
-
-def _clean(x: Any) -> Any:
-    """JSON-able copy: tuples as lists, non-finite floats as None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _stab_state(st: Stability) -> dict[str, Any]:
-    return {"stable": st.stable, "candidate": st.candidate, "count": st.count}
-
-
-def _stab_load(st: Stability, d: dict[str, Any]) -> None:
-    st.stable, st.candidate, st.count = str(d["stable"]), d["candidate"], int(d["count"])
-
-
-def _req_state(r: TrainRequest | None) -> dict[str, Any] | None:
-    return None if r is None else _clean(asdict(r))
-
-
-def _req_load(d: dict[str, Any] | None) -> TrainRequest | None:
-    if d is None:
-        return None
-    return TrainRequest(**{**d, "obs": [tuple(x) for x in d["obs"]],
-                           "inputs": tuple(d["inputs"])})
-
-
-def _track_state(t: _Track) -> dict[str, Any]:
-    out: dict[str, Any] = _clean({
-        "stability": _stab_state(t.stability),
-        "history": [[ot, list(v)] for ot, v in t.history],
-        "model": None if t.model is None else t.model.params, "version": t.version,
-        "attempts": t.attempts,
-        "pending": None if t.pending is None else list(
-            (t.pending[0].params, t.pending[1], t.pending[2])),
-        "log_alpha": None if t.log_alpha is None else list(map(float, t.log_alpha)),
-        "probs": t.probs, "valid": t.valid, "since_request": t.since_request,
-        "requested": t.requested, "last_open": t.last_open, "retry_at": t.retry_at,
-        "inflight": _req_state(t.inflight),
-    })
-    return out
-
-
-def _track_load(t: _Track, d: dict[str, Any]) -> None:
-    _stab_load(t.stability, d["stability"])
-    t.history.extend((int(ot), tuple(v)) for ot, v in d["history"])
-    t.model = None if d["model"] is None else RegimeModel(d["model"])
-    t.version, t.attempts = int(d["version"]), int(d["attempts"])
-    p = d["pending"]
-    t.pending = None if p is None else (RegimeModel(p[0]), int(p[1]), int(p[2]))
-    la = d["log_alpha"]
-    t.log_alpha = None if la is None else np.array(
-        [-math.inf if x is None else x for x in la], dtype=np.float64)
-    t.probs = d["probs"]
-    t.valid, t.since_request = int(d["valid"]), int(d["since_request"])
-    t.requested, t.last_open, t.retry_at = bool(d["requested"]), d["last_open"], int(
-        d["retry_at"])
-    t.inflight = _req_load(d["inflight"])
 
 def _top(probs: dict[str, float]) -> str:
     return max(REGIMES, key=probs.__getitem__)
