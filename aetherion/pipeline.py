@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
 import structlog
+from numpy.typing import ArrayLike
 
 from aetherion.api.hub import Hub, encode
 from aetherion.api.payloads import (
@@ -157,8 +158,8 @@ class MarketPipeline:
         self.sink.ticks(self.market, ticks)
         self._bars(self.candles.on_ticks(ticks))
 
-    def on_trades(self, ts: Sequence[int], price: Sequence[float], size: Sequence[float],
-                  side: Sequence[int]) -> None:
+    def on_trades(self, ts: ArrayLike, price: ArrayLike, size: ArrayLike,
+                  side: ArrayLike) -> None:
         """Columnar trades (replay): no Tick objects on the way, and none kept."""
         self._bars(self.candles.on_trades(ts, price, size, side))
 

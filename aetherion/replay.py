@@ -251,10 +251,10 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     t0 = time.perf_counter()
     n = len(df)
     if loaded.kind == "trades":
-        price, size = df["price"].to_list(), df["size"].to_list()
-        side, tsl = df["side"].to_list(), ts.tolist()
+        price, size = df["price"].to_numpy(), df["size"].to_numpy()
+        side = df["side"].to_numpy()
         for i in range(0, n, CHUNK):
-            pipe.on_trades(tsl[i:i + CHUNK], price[i:i + CHUNK], size[i:i + CHUNK],
+            pipe.on_trades(ts[i:i + CHUNK], price[i:i + CHUNK], size[i:i + CHUNK],
                            side[i:i + CHUNK])
             if progress:
                 _progress(i + CHUNK, n)

@@ -212,3 +212,48 @@ def test_seed_makes_the_first_live_coarse_bar_whole() -> None:
     got = [b for b in live.on_ticks([t for t in ticks if t.ts >= 13_000]) + live.flush()
            if b.timeframe == "5s"]
     assert got == ref
+
+
+@settings(max_examples=150, deadline=None)
+@given(trade_lists, st.integers(1, 400), st.booleans(), st.booleans())
+def test_columnar_chunks_give_the_bars_of_trade_by_trade_to_the_bit(
+    rows: list[tuple[int, int, int, int]], batch: int, shuffle_some: bool, unsided: bool
+) -> None:
+    """The replay's column chunks (folded a bar at a time when in order, trade by trade when
+    not) emit exactly the bars ``on_ticks`` emits, sums included."""
+    ticks = [tick(T0 + dt, p / 100 + 0.001 * i, q / 7, UNKNOWN_SIDE if unsided and i % 9 == 0
+                  else s, i) for i, (dt, p, q, s) in enumerate(rows)]
+    if not shuffle_some:
+        ticks.sort(key=lambda t: t.ts)
+    tfs = ["1s", "5s", "1m"]
+    by_tick, by_column = CandleEngine("m", tfs, grace_ms=0), CandleEngine("m", tfs, grace_ms=0)
+    want: list[Bar] = []
+    got: list[Bar] = []
+    for i in range(0, len(ticks), batch):
+        part = ticks[i:i + batch]
+        want += by_tick.on_ticks(part)
+        got += by_column.on_trades([t.ts for t in part], [t.price for t in part],
+                                   [t.size for t in part], [t.side for t in part])
+    assert got + by_column.flush() == want + by_tick.flush()
+
+
+def test_columnar_spy_trades_equal_trade_by_trade() -> None:
+    """A real day of SPY trades in 50,000-trade chunks; sizes in thirds so that volumes are
+    inexact in binary and the order of the sums shows."""
+    from datadir import DATA
+
+    from aetherion.replay import load
+
+    df = load(DATA / "us_equities" / "spy_20131011_trade.zip").frame
+    ts, price, size, side = (df[c].to_numpy() for c in ("ts", "price", "size", "side"))
+    size = size / 3
+    tfs = ["1m", "15m", "1h"]
+    by_column, by_tick = CandleEngine("spy", tfs), CandleEngine("spy", tfs)
+    got: list[Bar] = []
+    for i in range(0, len(ts), 50_000):
+        got += by_column.on_trades(ts[i:i + 50_000], price[i:i + 50_000], size[i:i + 50_000],
+                                   side[i:i + 50_000])
+    ticks = [Tick("spy", t, p, q, s, str(i)) for i, (t, p, q, s)
+             in enumerate(zip(ts.tolist(), price.tolist(), size.tolist(), side.tolist()))]
+    want = by_tick.on_ticks(ticks)
+    assert len(got) > 400 and got + by_column.flush() == want + by_tick.flush()
