@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from aetherion.config import Settings
 from aetherion.domain import (
     REGIMES,
@@ -88,6 +86,7 @@ class _Track:
     requested: bool = False
     last_open: int | None = None  # open time of the newest bar fed
     retry_at: int = 0  # after a rejected first fit, try again once ``valid`` reaches this
+    prefilter: tuple[int | None, Any] | None = None  # (last_open then, pending's log alpha)
 
     def __post_init__(self) -> None:
         self.history = deque(maxlen=self.window)
@@ -107,7 +106,7 @@ class RegimeEngine:
         self.fused = Stability(settings.regime_threshold, settings.regime_k)
         self.strategy: str | None = None
         self.last_fused: RegimeUpdate | None = None
-        self._due: list[TrainRequest] = []
+        self._due: list[_Track] = []
 
     # ---- per timeframe ----------------------------------------------------------------------
 
@@ -157,12 +156,10 @@ class RegimeEngine:
         first = (t.model is None and t.pending is None and t.valid >= self.s.regime_min_bars
                  and t.valid >= t.retry_at)
         again = t.model is not None and t.since_request >= self.s.regime_retrain_bars
-        if first or again:
-            req = self._request(t)
-            if req is not None:
-                self._due.append(req)
-                t.requested = True
-                t.since_request = 0
+        if first or again:  # the request is built in ``training_due``, off the close path
+            self._due.append(t)
+            t.requested = True
+            t.since_request = 0
 
     def _request(self, t: _Track) -> TrainRequest | None:
         base = [ALL_INPUTS.index(n) for n in BASE_INPUTS]
@@ -178,8 +175,16 @@ class RegimeEngine:
                             self.s.regime_seed, self.s.regime_restarts, self.s.regime_n_iter)
 
     def training_due(self) -> list[TrainRequest]:
+        """Requests for every timeframe due a fit (asked after the close's decision)."""
         due, self._due = self._due, []
-        return due
+        out = []
+        for t in due:
+            req = self._request(t)
+            if req is None:
+                t.requested = False
+            else:
+                out.append(req)
+        return out
 
     def install(self, result: FitResult, effective_from: int) -> ModelVersion:
         """Hand back a fit; an accepted model takes effect from ``effective_from``."""
@@ -189,12 +194,15 @@ class RegimeEngine:
         t.attempts = max(t.attempts, t.version) + 1
         version = t.attempts
         if result.ok:
-            t.pending = (RegimeModel(result.params), effective_from, version)
+            model = RegimeModel(result.params)
+            t.pending = (model, effective_from, version)
             nxt = None if t.last_open is None else t.last_open + TIMEFRAME_MS[t.timeframe]
             if t.model is None and (nxt is None or nxt >= effective_from):
                 # The next bar of this timeframe is the first it applies to: taking over now
                 # changes no output, and the regime is known at once instead of at that bar.
                 self._activate(t, *t.pending)
+            else:  # run its filter over the recent past now, not in the next bar's close
+                t.prefilter = (t.last_open, self._refilter(t, model, first=False))
         else:
             t.retry_at = t.valid + RETRY_BARS
         return ModelVersion(
@@ -213,34 +221,42 @@ class RegimeEngine:
     def _activate(self, t: _Track, model: RegimeModel, _: int, version: int) -> None:
         first = t.model is None
         t.model, t.version, t.pending = model, version, None
-        # Start the new model's filter from the recent past, so it does not start cold; a first
-        # model also runs the stability rule over those bars, so the regime it finds held.
-        t.log_alpha = None
+        ready, t.prefilter = t.prefilter, None
+        if not first and ready is not None and ready[0] == t.last_open:
+            t.log_alpha = ready[1]  # no bar came in since it was computed at install
+        else:
+            t.log_alpha = self._refilter(t, model, first)
+
+    def _refilter(self, t: _Track, model: RegimeModel, first: bool) -> Any:
+        """A new model's filter starts from the recent past, not cold; a first model also runs
+        the stability rule over those bars, so the regime it finds held."""
+        log_alpha = None
         for _, vals in list(t.history)[-REFILTER_BARS:]:
             x = tuple(vals[ALL_INPUTS.index(n)] for n in model.inputs)
             if all(v is not None for v in x):
                 z = model.standardize(x)  # type: ignore[arg-type]
-                t.log_alpha = model.filter_step(t.log_alpha, z)
+                log_alpha = model.filter_step(log_alpha, z)
                 if first:
-                    t.probs = model.regime_probs(t.log_alpha)
+                    t.probs = model.regime_probs(log_alpha)
                     t.stability.step(t.probs)
+        return log_alpha
 
     # ---- fused ------------------------------------------------------------------------------
 
     def fuse(self, close_time: int) -> tuple[RegimeUpdate, Transition | None]:
         """The market's regime after every timeframe closing at ``close_time`` was fed."""
         total = 0.0
-        acc = np.zeros(len(REGIMES))
+        acc = dict.fromkeys(REGIMES, 0.0)
         contributions: dict[str, dict[str, float]] = {}
         for tf, t in self.tracks.items():
             w = self.s.weight(tf)
             if t.probs is None or w <= 0:
                 continue
-            p = np.array([t.probs[r] for r in REGIMES])
-            acc += w * p
+            for r in REGIMES:
+                acc[r] += w * t.probs[r]
             total += w
             contributions[tf] = {"weight": w, "version": float(t.version),
-                                 **{r: float(x) for r, x in zip(REGIMES, p, strict=True)}}
+                                 **{r: t.probs[r] for r in REGIMES}}
         open_time = close_time - self.finest_ms
         finest = self.tracks[self.timeframes[0]]
         if not total:
@@ -248,7 +264,7 @@ class RegimeEngine:
                                dict.fromkeys(REGIMES, 0.0), None, None, {})
             self.last_fused = upd
             return upd, None
-        probs = {r: float(x) / total for r, x in zip(REGIMES, acc, strict=True)}
+        probs = {r: acc[r] / total for r in REGIMES}
         for c in contributions.values():
             c["weight"] /= total
         before = self.fused.stable
