@@ -1,13 +1,14 @@
 """The events every stage shares.
 
-Hot-path events (ticks, books, bars, features, regimes) are frozen slotted dataclasses: cheap to
-create and safe to hand from one stage to the next. Times are integer epoch milliseconds, UTC,
+Hot-path events (ticks, bars, features, regimes) are frozen msgspec Structs, the rest frozen
+slotted dataclasses: cheap to create (a Struct: 0.1 us against 1.5 us for a 16-field frozen
+dataclass) and safe to hand from one stage to the next. Times are integer epoch milliseconds, UTC,
 unless a field name says otherwise (``recv_ns`` is epoch nanoseconds).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -96,8 +97,7 @@ class BookSnapshot:
     state: str = "live"  # "live" or "resyncing": a resyncing book must not be trusted
 
 
-@dataclass(slots=True, frozen=True)
-class Bar:
+class Bar(msgspec.Struct, frozen=True, gc=False):
     """A time bar. ``open_time`` is aligned to a UTC epoch multiple of the timeframe.
 
     ``first_ts``/``last_ts`` are the times of the earliest and latest trade in the bar; they decide
@@ -128,8 +128,7 @@ class Bar:
         return self.open_time + TIMEFRAME_MS[self.timeframe]
 
 
-@dataclass(slots=True, frozen=True)
-class Features:
+class Features(msgspec.Struct, frozen=True):
     """Indicators of one closed bar; ``None`` while an indicator is warming up or unknown."""
 
     market: str
@@ -144,11 +143,10 @@ class Features:
     volume_delta: float | None = None  # buy - sell volume; None when sides are unknown
     cum_volume_delta: float | None = None
     norm_volume_delta: float | None = None  # delta / volume
-    extra: dict[str, float | None] = field(default_factory=dict)
+    extra: dict[str, float | None] = msgspec.field(default_factory=dict)
 
 
-@dataclass(slots=True, frozen=True)
-class RegimeUpdate:
+class RegimeUpdate(msgspec.Struct, frozen=True):
     """The regime of one market at one closed bar, for a timeframe or ``"fused"``."""
 
     market: str

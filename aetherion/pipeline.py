@@ -362,6 +362,7 @@ class LiveMarket:
                 continue
             last = item[-1]
             self.last_tick = last
+            self.connector.processed(last)
             if last.recv_ns:
                 now_ns = time.time_ns()
                 processed, received = (now_ns - last.recv_ns) / 1e6, last.recv_ns / 1e6 - last.ts
@@ -650,7 +651,9 @@ class Runtime:
                 item = live.queue.get_nowait()
                 if isinstance(item, list) and item:
                     live.pipeline.on_ticks(item)
+                    live.connector.processed(item[-1])
             live.pipeline.on_clock(time.time_ns() // 1_000_000)
+            await live.connector.save_checkpoint()
         for t in [*tasks, *self._tasks]:
             t.cancel()
         await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)

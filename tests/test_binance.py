@@ -29,12 +29,15 @@ N_MESSAGES = 2400  # about 1,750 trades and 650 depth diffs
 
 
 class Collector:
-    """Drains a connector's outbox the way the pipeline does."""
+    """Drains a connector's outbox the way the pipeline does (and says what it has taken);
+    ``hold`` stops taking, as a pipeline busy elsewhere would."""
 
-    def __init__(self) -> None:
+    def __init__(self, conn: Connector) -> None:
+        self.conn = conn
         self.queue: Outbox = asyncio.Queue(1024)
         self.ticks: list[Tick] = []
         self.books: list[BookSnapshot] = []
+        self.hold = asyncio.Event()
         self.task = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -42,8 +45,11 @@ class Collector:
             item = await self.queue.get()
             if isinstance(item, BookSnapshot):
                 self.books.append(item)
-            else:
+            elif item:
                 self.ticks.extend(item)
+                self.conn.processed(item[-1])
+            if self.hold.is_set():
+                return
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -85,15 +91,17 @@ def native(srv: FakeBinance, checkpoints: Any = None, **kw: Any) -> BinanceConne
 class Running:
     def __init__(self, conn: Connector) -> None:
         self.conn = conn
-        self.out = Collector()
+        self.out = Collector(conn)
         self.task = asyncio.create_task(conn.run(self.out.queue))
 
     async def stop(self) -> None:
+        """As the server stops: the connector, then the pipeline, then the final checkpoint."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await asyncio.sleep(0)
         await self.out.stop()
+        await self.conn.save_checkpoint()
 
 
 def ids(ticks: list[Tick]) -> list[int]:
@@ -255,6 +263,32 @@ async def test_restart_resumes_from_checkpoint(server: FakeBinance, tmp_path: Pa
         assert_exact(server, both)
         assert_same_candles(server, both)
         assert second.conn.stats.backfilled > 0 and second.conn.stats.gaps_filled >= 1
+        await second.stop()
+    finally:
+        await store.close()
+
+
+async def test_checkpoint_is_what_the_pipeline_took_not_what_was_queued(
+        server: FakeBinance, tmp_path: Path) -> None:
+    """Trades still queued when the process stops are not checkpointed: the restart fetches
+    them again, so nothing the pipeline never saw is skipped."""
+    store = await StateStore.open(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    try:
+        first = Running(native(server, store, checkpoint_every_s=0.0))
+        await wait_for(lambda: server.conns != [], what="connected")
+        server.play()
+        await server.wait_published(300)
+        first.out.hold.set()  # the pipeline takes one more batch, then nothing
+        await server.wait_published(900)
+        await wait_for(lambda: first.out.queue.qsize() > 0, what="trades left in the queue")
+        await first.stop()
+        taken = ids(first.out.ticks)[-1]
+        saved = await store.get_state("connector:btcusdt")
+        assert saved is not None and saved["last_trade_id"] == taken
+        assert first.conn.last_id is not None and first.conn.last_id > taken  # queued, untaken
+        second = Running(native(server, store))
+        await all_received(server, second)
+        assert_exact(server, first.out.ticks + second.out.ticks)
         await second.stop()
     finally:
         await store.close()

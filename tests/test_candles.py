@@ -254,6 +254,7 @@ def test_columnar_spy_trades_equal_trade_by_trade() -> None:
         got += by_column.on_trades(ts[i:i + 50_000], price[i:i + 50_000], size[i:i + 50_000],
                                    side[i:i + 50_000])
     ticks = [Tick("spy", t, p, q, s, str(i)) for i, (t, p, q, s)
-             in enumerate(zip(ts.tolist(), price.tolist(), size.tolist(), side.tolist()))]
+             in enumerate(zip(ts.tolist(), price.tolist(), size.tolist(), side.tolist(),
+                                 strict=True))]
     want = by_tick.on_ticks(ticks)
     assert len(got) > 400 and got + by_column.flush() == want + by_tick.flush()

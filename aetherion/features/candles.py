@@ -16,7 +16,6 @@ horizon (``keep`` bars per timeframe); an older late trade is counted in ``late_
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from operator import attrgetter
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -24,9 +23,6 @@ from numpy.typing import ArrayLike, NDArray
 from aetherion.domain import BUY, SELL, TIMEFRAME_MS, Bar, Tick
 
 __all__ = ["CandleEngine"]
-
-_COLUMNS = attrgetter("ts", "price", "size", "side")
-
 
 class _State:
     """A bar being built or remembered; mutable, private to the engine."""
@@ -132,7 +128,7 @@ class CandleEngine:
 
     def on_ticks(self, ticks: Sequence[Tick]) -> list[Bar]:
         """Add a batch of trades; returns the bars that closed or were revised, in order."""
-        return self._run(map(_COLUMNS, ticks))
+        return self._run(ticks)
 
     def on_trades(
         self, ts: ArrayLike, price: ArrayLike, size: ArrayLike, side: ArrayLike
@@ -154,7 +150,9 @@ class CandleEngine:
             first < cur.last_ts if cur is not None
             else first - first % base + base <= self._closed_until[0]
         ):
-            return self._run(zip(t.tolist(), p.tolist(), q.tolist(), s.tolist(), strict=True))
+            m = self.market
+            return self._run([Tick(m, *row) for row in zip(
+                t.tolist(), p.tolist(), q.tolist(), s.tolist(), strict=True)])
         return self._run_sorted(t, p, q, s)
 
     def _run_sorted(self, t: NDArray[np.int64], p: NDArray[np.float64], q: NDArray[np.float64],
@@ -191,7 +189,7 @@ class CandleEngine:
                 cur.sided = False
         return out
 
-    def _run(self, rows: Iterable[tuple[int, float, float, int]]) -> list[Bar]:  # noqa: C901
+    def _run(self, ticks: Iterable[Tick]) -> list[Bar]:  # noqa: C901
         out: list[Bar] = []
         base = self._tf_ms[0]
         cur = self._open[0]
@@ -206,7 +204,8 @@ class CandleEngine:
             hi = lo = op = cl = vol = buy = sell = 0.0
             first = last = cnt = 0
             sided = True
-        for t, p, q, s in rows:  # the per-trade loop, inlined on purpose
+        for tick in ticks:  # the per-trade loop, inlined on purpose
+            t, p, q, s = tick.ts, tick.price, tick.size, tick.side
             if start <= t < end:
                 if p > hi:
                     hi = p

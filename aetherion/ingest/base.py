@@ -129,6 +129,15 @@ class Connector(abc.ABC):
         self.settings = settings
         self.checkpoints = checkpoints
         self.stats = ConnectorStats()
+        self.processed_tick: Tick | None = None  # newest tick the pipeline has taken
+
+    def processed(self, tick: Tick) -> None:
+        """The pipeline has taken every tick up to ``tick``. Checkpoints record this, not what
+        was last queued: a tick still in the queue when the process dies is fetched again."""
+        self.processed_tick = tick
+
+    async def save_checkpoint(self) -> None:  # noqa: B027 - most connectors keep none
+        """Record the processed position now (the server calls it once the queue is drained)."""
 
     @abc.abstractmethod
     async def run(self, out: Outbox) -> None:

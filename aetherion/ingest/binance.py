@@ -60,7 +60,7 @@ class BinanceError(Exception):
 # ---- wire format ---------------------------------------------------------------------------
 
 
-class TradeMsg(msgspec.Struct, tag_field="e", tag="trade", frozen=True):
+class TradeMsg(msgspec.Struct, tag_field="e", tag="trade", frozen=True, gc=False):
     E: int  # event time
     s: str
     t: int  # trade id
@@ -79,9 +79,8 @@ class DepthMsg(msgspec.Struct, tag_field="e", tag="depthUpdate", frozen=True):
     a: list[tuple[float, float]]
 
 
-class _Envelope(msgspec.Struct, frozen=True):
-    stream: str
-    data: TradeMsg | DepthMsg
+class _Envelope(msgspec.Struct, frozen=True, gc=False):
+    data: TradeMsg | DepthMsg  # "stream" is not read: "data" says what it is and for which symbol
 
 
 class _RestTrade(msgspec.Struct, frozen=True):
@@ -419,16 +418,21 @@ class BinanceConnector(Connector):
             self.last_id = self._saved_id = last
             log.info("binance: resuming after checkpoint", market=self.market.id, last_id=last)
 
+    async def save_checkpoint(self) -> None:
+        await self._save_checkpoint(force=True)
+
     async def _save_checkpoint(self, force: bool = False) -> None:
         now = time.monotonic()
-        if (self.checkpoints is None or self.last_id is None or self.last_id == self._saved_id
+        tid = self.processed_tick.trade_id if self.processed_tick is not None else None
+        last = int(tid) if tid and tid.isdigit() else None
+        if (self.checkpoints is None or last is None or last == self._saved_id
                 or (not force and now - self._saved_at < self.checkpoint_every_s)):
             return
         self._saved_at = now
         try:
             await self.checkpoints.set_state(self.checkpoint_key,
-                                             {"last_trade_id": self.last_id,
+                                             {"last_trade_id": last,
                                               "saved_ms": int(time.time() * 1000)})
-            self._saved_id = self.last_id
+            self._saved_id = last
         except Exception as e:  # noqa: BLE001 - retried at the next save
             log.warning("binance: checkpoint not saved", market=self.market.id, error=str(e))

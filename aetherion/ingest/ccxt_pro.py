@@ -358,16 +358,22 @@ class CcxtConnector(Connector):
             self.last_ts = state["last_ts"]
         self._saved = (self.last_id, self.last_ts)
 
+    async def save_checkpoint(self) -> None:
+        await self._save_checkpoint(force=True)
+
     async def _save_checkpoint(self, force: bool = False) -> None:
         now = time.monotonic()
-        cur = (self.last_id, self.last_ts)
-        if (self.checkpoints is None or not self.last_ts or cur == self._saved
+        done = self.processed_tick
+        if done is None:
+            return
+        cur = (self._int_id(done) if self.consecutive else None, done.ts)
+        if (self.checkpoints is None or cur == self._saved
                 or (not force and now - self._saved_at < self.checkpoint_every_s)):
             return
         self._saved_at = now
         try:
             await self.checkpoints.set_state(self.checkpoint_key, {
-                "last_trade_id": self.last_id, "last_ts": self.last_ts,
+                "last_trade_id": cur[0], "last_ts": cur[1],
                 "saved_ms": int(time.time() * 1000)})
             self._saved = cur
         except Exception as e:  # noqa: BLE001 - retried at the next save

@@ -37,7 +37,7 @@ INPUTS: dict[str, Any] = {
 }
 BASE_INPUTS = ("momentum", "log_volatility")
 MIN_STATE_SHARE = 0.01  # a state expected to hold fewer observations than this is degenerate
-MIN_VARIANCE = 1e-3  # smallest covariance eigenvalue, standardized units (10x min_covar)
+MIN_VARIANCE = 1e-6  # smallest covariance eigenvalue, standardized units
 CRISIS_LOG_VOL_GAP = math.log(2.0)  # crisis: volatility >= 2x the other states' median
 TOL = 1e-4  # EM stops when the log-likelihood gains less than this
 MAX_DROP = 1e-2  # a last EM step that loses more log-likelihood than this is not converged
