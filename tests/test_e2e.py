@@ -34,13 +34,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(env: dict[str, str], log: Path) -> Iterator[str]:
+def server(env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[str]:
+    """``cwd``: where the server keeps ``var/`` (its spill journal), when not the checkout."""
     port = free_port()
     full = {**os.environ, "AETHERION_LOG_FORMAT": "json", **env}
     with log.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "aetherion", "run", "--port", str(port)],
-            env=full, stdout=subprocess.DEVNULL, stderr=err,
+            env=full, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd,
         )
     base = f"http://127.0.0.1:{port}"
     try:
