@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import logging
 import multiprocessing
@@ -17,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -543,14 +545,18 @@ class Runtime:
         s = self.settings
         self.state = await StateStore.open(s.sql_url)
         self.store = await open_market_store(s, self.state.engine)
-        self.writer = BufferedWriter.for_market(self.store, s)
+        # A spill journal belongs to the stores it was meant for: one folder per pair of targets,
+        # so a run against other stores never writes this one's rows there.
+        target = f"{s.sql_url}|{s.mongo_url or ''}|{s.mongo_db}".encode()
+        spool = Path("var/spool") / hashlib.sha256(target).hexdigest()[:12]
+        self.writer = BufferedWriter.for_market(self.store, s, spool)
         engine = self.state.engine
 
         async def decisions(rows: list[dict[str, Any]]) -> None:
             await write_decisions(engine, [Decision.model_validate(r) for r in rows])
 
         self.state_writer = BufferedWriter(
-            "state", {**state_kinds(self.state), "decisions": (dict, decisions)}, s,
+            "state", {**state_kinds(self.state), "decisions": (dict, decisions)}, s, spool,
             ping=self.state.ping)
         self.writer.start()
         self.state_writer.start()
