@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import logging
 import multiprocessing
+import re
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 from numpy.typing import ArrayLike
+from sqlalchemy.engine import make_url
 
 from aetherion.api.hub import Hub, encode
 from aetherion.api.payloads import (
@@ -547,7 +549,8 @@ class Runtime:
         self.store = await open_market_store(s, self.state.engine)
         # A spill journal belongs to the stores it was meant for: one folder per pair of targets,
         # so a run against other stores never writes this one's rows there.
-        target = f"{s.sql_url}|{s.mongo_url or ''}|{s.mongo_db}".encode()
+        mongo = re.sub(r"//[^@/]*@", "//", s.mongo_url or "")  # no credentials in the hash
+        target = f"{make_url(s.sql_url).render_as_string()}|{mongo}|{s.mongo_db}".encode()
         spool = Path("var/spool") / hashlib.sha256(target).hexdigest()[:12]
         self.writer = BufferedWriter.for_market(self.store, s, spool)
         engine = self.state.engine
