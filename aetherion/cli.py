@@ -79,6 +79,38 @@ def _fail(line: str) -> NoReturn:
     raise SystemExit(2)
 
 
+async def _stores_unreachable(settings: Settings, timeout_s: float = 10.0) -> str | None:
+    """One line naming the store that does not answer at start (URLs without passwords)."""
+    from pymongo import AsyncMongoClient
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = make_url(settings.sql_url)
+    if url.get_backend_name() != "sqlite":
+        engine = create_async_engine(url)
+        try:
+            async with asyncio.timeout(timeout_s), engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as e:  # noqa: BLE001 - whatever the driver raises, said in one line
+            shown = str(e).splitlines()[0][:200] or type(e).__name__
+            return f"cannot reach the SQL store {url.render_as_string()}: {shown}"
+        finally:
+            await engine.dispose()
+    if settings.mongo_url:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            settings.mongo_url, serverSelectionTimeoutMS=int(timeout_s * 1000))
+        try:
+            await client.admin.command("ping")
+        except Exception as e:  # noqa: BLE001
+            where = ", ".join(f"{h}:{p}" for h, p in client.topology_description
+                              .server_descriptions())
+            return f"cannot reach MongoDB at {where}: {type(e).__name__}"
+        finally:
+            await client.close()
+    return None
+
+
 def _run(settings: Settings) -> int:
     import uvicorn
 
@@ -88,10 +120,13 @@ def _run(settings: Settings) -> int:
     problems = preflight(settings)
     if problems:
         _fail("; ".join(problems))
+    unreachable = asyncio.run(_stores_unreachable(settings))
+    if unreachable:
+        _fail(unreachable)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", ws_ping_interval=20.0,
+        lifespan="on", ws_ping_interval=20.0, ws_max_size=settings.ws_max_message_bytes,
     )
     server = uvicorn.Server(config)
     try:

@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     decision_mr_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
     decision_mr_exit_atr: float = Field(default=0.25, ge=0.0, le=1000.0)
 
+    # access from browsers and WebSocket clients
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="origins allowed cross-origin REST (comma list, * for any)")
+    ws_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="WebSocket origins besides the page's own (comma list, * any)")
+    ws_max_clients: int = Field(default=500, ge=1, le=100_000,
+                                description="open WebSockets, all streams together")
+    ws_max_message_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024,
+                                      description="largest message a client may send")
     # stores
     store_batch_size: int = Field(default=500, ge=1, le=100_000)
     store_flush_ms: int = Field(default=250, ge=10, le=60_000)
@@ -133,6 +142,15 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown timeframe(s) {unknown}; known: {', '.join(TIMEFRAME_MS)}")
         return tuple(sorted(set(items), key=TIMEFRAME_MS.__getitem__))
+
+    @field_validator("cors_origins", "ws_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, v: Any) -> Any:
+        items = [s.strip().rstrip("/") for s in v.split(",")] if isinstance(v, str) else list(v)
+        bad = [s for s in items if s and s != "*" and "://" not in s]
+        if bad:
+            raise ValueError(f"an origin is scheme://host[:port], not {bad[0]!r}")
+        return tuple(s for s in items if s)
 
     @field_validator("regime_weights", mode="before")
     @classmethod

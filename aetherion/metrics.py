@@ -57,7 +57,11 @@ class _Scraped(Collector):
             clients.add_metric([stream], h["clients"])
             messages.add_metric([stream], h["messages"])
             dropped.add_metric([stream], h["dropped"])
-        yield from (state, reconnects, gaps, backlog, errors, clients, messages, dropped)
+        refused = CounterMetricFamily("aetherion_websocket_refused",
+                                      "connections refused (origin, limit)", labels=["reason"])
+        for reason, n in r.get("ws_refused", {}).items():
+            refused.add_metric([reason], n)
+        yield from (state, reconnects, gaps, backlog, errors, clients, messages, dropped, refused)
 
 
 class Metrics:

@@ -410,6 +410,7 @@ class Runtime:
         self._background: set[asyncio.Future[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.latest_decisions: dict[str, Decision] = {}
+        self.ws_counts = {"open": 0, "origin": 0, "limit": 0}  # the WebSocket gate's
         self.metrics = Metrics(self._scrape)
 
     def _scrape(self) -> dict[str, Any]:
@@ -419,6 +420,7 @@ class Runtime:
             "connectors": {mid: live.connector.stats.as_dict()
                            for mid, live in self.markets.items()},
             "stores": {w.name: {"backlog": w.backlog, "errors": w.errors} for w in writers},
+            "ws_refused": {k: v for k, v in self.ws_counts.items() if k != "open"},
             "hubs": {name: {"clients": h.client_count, "messages": h.messages,
                             "dropped": h.dropped_clients} for name, h in self.hubs.items()},
         }

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aetherion import __version__
 from aetherion.api import dashboard, decision, market, regime
 from aetherion.api.params import UnknownMarket
-from aetherion.api.security import ApiKeyMiddleware
+from aetherion.api.security import ApiKeyMiddleware, WebSocketGate
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
 
@@ -63,5 +64,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(decision.router)
     app.include_router(decision.ws_router)
     app.include_router(dashboard.router)
+    # Outermost last: CORS answers preflights before the key is asked for; the gate counts only
+    # WebSockets that passed the key check.
+    app.add_middleware(WebSocketGate, origins=settings.ws_origins,
+                       max_clients=settings.ws_max_clients, counts=runtime.ws_counts)
     app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET"], allow_headers=["X-API-Key", "Authorization"])
     return app
