@@ -51,6 +51,8 @@ class MarketConfig(BaseModel):
         return self
 
 
+DAY_MS = 86_400_000
+
 DEFAULT_MARKETS: tuple[MarketConfig, ...] = (
     MarketConfig(id="btcusdt", venue="crypto", connector="simulator", symbol="BTC/USDT",
                  start_price=60_000.0),
@@ -126,6 +128,13 @@ class Settings(BaseSettings):
                                 description="open WebSockets, all streams together")
     ws_max_message_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024,
                                       description="largest message a client may send")
+    # retention (ms; set as 30s, 15m, 12h, 7d; 0 keeps forever)
+    retention_ticks: int = Field(default=7 * DAY_MS, ge=0, description="ticks kept")
+    retention_books: int = Field(default=2 * DAY_MS, ge=0, description="book snapshots kept")
+    retention_history: int = Field(default=365 * DAY_MS, ge=0, description=(
+        "candles, features, regimes, transitions and decisions kept"))
+    retention_interval_s: float = Field(default=600.0, ge=0.5, le=86_400.0,
+                                        description="seconds between purges")
     # stores
     store_batch_size: int = Field(default=500, ge=1, le=100_000)
     store_flush_ms: int = Field(default=250, ge=10, le=60_000)
@@ -142,6 +151,16 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown timeframe(s) {unknown}; known: {', '.join(TIMEFRAME_MS)}")
         return tuple(sorted(set(items), key=TIMEFRAME_MS.__getitem__))
+
+    @field_validator("retention_ticks", "retention_books", "retention_history", mode="before")
+    @classmethod
+    def _parse_duration(cls, v: Any) -> Any:
+        if not isinstance(v, str) or v.strip().isdigit():
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", v)
+        if not m:
+            raise ValueError(f"a duration is a number and s, m, h or d (like 7d), not {v!r}")
+        return int(m.group(1)) * {"s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}[m.group(2)]
 
     @field_validator("cors_origins", "ws_origins", mode="before")
     @classmethod

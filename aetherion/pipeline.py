@@ -411,6 +411,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.latest_decisions: dict[str, Decision] = {}
         self.ws_counts = {"open": 0, "origin": 0, "limit": 0}  # the WebSocket gate's
+        self.purged = 0  # rows deleted by the retention purge
         self.metrics = Metrics(self._scrape)
 
     def _scrape(self) -> dict[str, Any]:
@@ -512,6 +513,7 @@ class Runtime:
             w = getattr(self, name, None)
             if w is not None:
                 out[w.name] = {"backlog": w.backlog, "errors": w.errors, "spilled": w.spilled}
+        out["purged_rows"] = self.purged
         out["event_loop_lag_ms"] = self.loop_lag.summary()
         return out
 
@@ -590,6 +592,7 @@ class Runtime:
             log.info("market started", market=m.id, venue=m.venue, connector=m.connector)
         # Measured from here: before, the server is not serving yet (start-up warm-up).
         self._tasks.append(asyncio.create_task(self._watch_loop_lag()))
+        self._tasks.append(asyncio.create_task(self._purge_loop()))
 
     async def _warm(self, live: LiveMarket) -> None:
         """Warm each timeframe up with recent history: the venue's (complete, authoritative)
@@ -637,6 +640,23 @@ class Runtime:
             lag = max(0.0, time.perf_counter() - t0 - LAG_PROBE_S)
             self.loop_lag.add(lag * 1000)
             self.metrics.loop_lag.observe(lag)
+
+    async def _purge_loop(self) -> None:
+        """Delete what is past its retention (see ``storage/retention.py``), now and then."""
+        from aetherion.storage.retention import MARKET_TABLES, STATE_TABLES, plan
+
+        s = self.settings
+        while True:
+            now = time.time_ns() // 1_000_000
+            try:
+                gone = {**await self.store.purge(plan(s, now, MARKET_TABLES)),
+                        **await self.state.purge(plan(s, now, STATE_TABLES))}
+                self.purged += sum(gone.values())
+                if any(gone.values()):
+                    log.info("retention purge", **{k: v for k, v in gone.items() if v})
+            except Exception as e:  # noqa: BLE001 - a store that is down: try again later
+                log.warning("retention purge failed", error=str(e)[:200])
+            await asyncio.sleep(s.retention_interval_s)
 
     async def _guard(self, market: MarketConfig, coro: Any, stage: str) -> None:
         """Run one market task; a crash is logged with the market, never silent."""

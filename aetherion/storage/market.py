@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aetherion.config import Settings
 from aetherion.domain import Bar, BookSnapshot, Features, Tick
 from aetherion.storage import schema as s
+from aetherion.storage.retention import Plan, purge_sql
 from aetherion.storage.sql import finite, insert_ignore, upsert_if
 
 __all__ = [
@@ -43,6 +44,7 @@ class MarketStore(Protocol):
     async def features(self, market: str, timeframe: str, limit: int,
                        since: int | None = None, until: int | None = None) -> list[Features]: ...
     async def latest_book(self, venue: str, market: str) -> BookSnapshot | None: ...
+    async def purge(self, cutoffs: Plan) -> dict[str, int]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -178,6 +180,9 @@ class SqlMarketStore:
         rows = await self._rows(q.limit(1))
         return _book(rows[0]) if rows else None
 
+    async def purge(self, cutoffs: Plan) -> dict[str, int]:
+        return await purge_sql(self.engine, cutoffs)
+
     async def ping(self) -> None:
         await self._rows(select(1))
 
@@ -305,6 +310,13 @@ class MongoMarketStore:
         rows = await self._find(f"{_venue(venue)}_orderbook", {"market": market}, "ts", 1,
                                 None, None)
         return _book(rows[0]) if rows else None
+
+    async def purge(self, cutoffs: Plan) -> dict[str, int]:
+        out = {}
+        for coll, (field, before) in cutoffs.items():
+            r = await self.db[coll].delete_many({field: {"$lt": before}})
+            out[coll] = r.deleted_count
+        return out
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")

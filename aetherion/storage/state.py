@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aetherion.domain import ModelVersion, RegimeUpdate, Transition
 from aetherion.storage import schema as s
 from aetherion.storage.migrate import upgrade_engine
+from aetherion.storage.retention import Plan, purge_sql
 from aetherion.storage.sql import finite, insert_ignore, make_engine, upsert
 
 __all__ = ["StateStore"]
@@ -39,6 +40,9 @@ class StateStore:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def purge(self, cutoffs: Plan) -> dict[str, int]:
+        return await purge_sql(self.engine, cutoffs)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
