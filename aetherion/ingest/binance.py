@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import ccxt.async_support as ccxt_async
@@ -60,12 +60,18 @@ class BinanceError(Exception):
 # ---- wire format ---------------------------------------------------------------------------
 
 
+#: A price is positive, a size not negative, both finite (below 1e300; NaN fails too); anything
+#: else fails the decode (counted and skipped as malformed), so it never reaches a bar.
+Price = Annotated[float, msgspec.Meta(gt=0, lt=1e300)]
+Size = Annotated[float, msgspec.Meta(ge=0, lt=1e300)]
+
+
 class TradeMsg(msgspec.Struct, tag_field="e", tag="trade", frozen=True, gc=False):
     E: int  # event time
     s: str
     t: int  # trade id
-    p: float
-    q: float
+    p: Price
+    q: Size
     T: int  # trade time
     m: bool  # buyer is the maker: the aggressor sold
 
@@ -75,8 +81,8 @@ class DepthMsg(msgspec.Struct, tag_field="e", tag="depthUpdate", frozen=True):
     s: str
     U: int  # first update id in the event
     u: int  # last update id
-    b: list[tuple[float, float]]
-    a: list[tuple[float, float]]
+    b: list[tuple[Price, Size]]
+    a: list[tuple[Price, Size]]
 
 
 class _Envelope(msgspec.Struct, frozen=True, gc=False):
@@ -85,16 +91,16 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
 
 class _RestTrade(msgspec.Struct, frozen=True):
     id: int
-    price: float
-    qty: float
+    price: Price
+    qty: Size
     time: int
     isBuyerMaker: bool  # noqa: N815 - Binance's name
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
     lastUpdateId: int  # noqa: N815 - Binance's name
-    bids: list[tuple[float, float]]
-    asks: list[tuple[float, float]]
+    bids: list[tuple[Price, Size]]
+    asks: list[tuple[Price, Size]]
 
 
 class BinanceDecoder:
