@@ -27,7 +27,14 @@ lint: $(STAMP)
 test: lint /usr/bin/chromium
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Every benchmark, each of which also runs alone: .venv/bin/python bench/NAME.py
+bench: $(BENCH_STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
