@@ -22,6 +22,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 MARKETS = ["btcusdt", "spy", "nifty"]
+SHOWN = "s => { const e = document.querySelector(s); return e && e.textContent !== '–'; }"
 # true when every stream's state is (open=true) or is not (open=false) "open"
 STREAMS_OPEN = "o => [...document.querySelectorAll('#streams li')].every(li => " \
                "(li.dataset.state === 'open') === o)"
@@ -144,3 +145,31 @@ def test_dashboard_live_and_reconnects(browser: Browser, tmp_path: Path,
     assert [e for e in errors if "ERR_CONNECTION_REFUSED" not in e and "WebSocket" not in e
             and "Failed to load resource" not in e] == [], errors
     page.close()
+
+
+def test_dashboard_asks_for_the_api_key_once(browser: Browser, tmp_path: Path) -> None:
+    """With AETHERION_API_KEY set the page loads (it is open), asks for the key once, and then
+    shows live prices; the key is kept for the tab's session, so a reload does not ask again."""
+    key = "dash-key-4421"
+    with server({**env_for(tmp_path), "AETHERION_API_KEY": key},
+                tmp_path / "server.log") as base:
+        assert httpx.get(f"{base}/api/market/status").status_code == 401
+        context = browser.new_context()
+        page = context.new_page()
+        asked: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept(key)
+
+        page.on("dialog", answer)
+        page.goto(base + "/")
+        sel = f"{card('btcusdt')} .price"
+        page.wait_for_function(SHOWN, arg=sel,
+                               timeout=15000)
+        wait_changed(page, sel, None, page.text_content(sel), 5000)
+        assert len(asked) == 1 and "API key" in asked[0]
+        page.reload()  # the tab keeps the key it was given (sessionStorage)
+        page.wait_for_function(SHOWN, arg=sel, timeout=15000)
+        assert len(asked) == 1
+        context.close()
