@@ -309,6 +309,29 @@ async def test_writer_replays_a_journal_cut_short(tmp_path: Path) -> None:
     await state.close()
 
 
+async def test_spill_during_a_write_loses_nothing(tmp_path: Path) -> None:
+    """Rows arrive faster than a slow store takes them: the buffer spills while a batch is
+    being written. Every row is written, once (the batch in flight is not spilled, and what
+    is popped after the write is exactly that batch)."""
+    written: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow(rows: list[int]) -> None:
+        await gate.wait()
+        written.extend(rows)
+
+    s = Settings(store_batch_size=50, store_buffer_rows=100, store_flush_ms=10)
+    writer = BufferedWriter("slow", {"n": (int, slow)}, s, tmp_path / "spool")
+    writer.start()
+    writer.put("n", list(range(60)))
+    await asyncio.sleep(0.05)  # the first batch of 50 is in flight, held by the gate
+    writer.put("n", list(range(60, 300)))  # over the bound: spills while the batch waits
+    assert writer.spilled > 0
+    gate.set()
+    await writer.close()
+    assert sorted(written) == list(range(300)) and len(written) == 300
+
+
 async def test_history_bars_never_replace_recorded_ones(store: MarketStore) -> None:
     await store.write_bars([bar(0, close=10.0)])
     await store.write_bars([bar(0, close=1.0), bar(60_000, close=2.0)], keep_existing=True)

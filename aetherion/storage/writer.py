@@ -98,6 +98,7 @@ class BufferedWriter:
         self._down = False
         self._spill_logged = False
         self._journal_rows = 0  # rows in journal files not yet written back
+        self._inflight: tuple[str, int] | None = None  # (kind, rows) being written now
         self.errors = 0
         self.written = 0
         self.spilled = 0
@@ -203,8 +204,15 @@ class BufferedWriter:
         for kind, q in self._queues.items():
             while q:
                 n = min(len(q), self.batch)
-                await self._write_batch(kind, [q[i] for i in range(n)])
-                for _ in range(n):  # only after the store took them
+                # The batch stays at the head of the queue until the store took it; a spill
+                # meanwhile leaves those rows alone (``_inflight``), so the pops below remove
+                # exactly them.
+                self._inflight = (kind, n)
+                try:
+                    await self._write_batch(kind, [q[i] for i in range(n)])
+                finally:
+                    self._inflight = None
+                for _ in range(n):
                     q.popleft()
                 self.written += n
 
@@ -255,10 +263,13 @@ class BufferedWriter:
         moved = 0
         with path.open("ab") as f:
             for kind, q in self._queues.items():
-                n = int(len(q) * share)
+                keep = self._inflight[1] if self._inflight and self._inflight[0] == kind else 0
+                n = int((len(q) - keep) * share)
                 if not n:
                     continue
+                head = [q.popleft() for _ in range(keep)]  # being written: not spilled
                 rows = [q.popleft() for _ in range(n)]
+                q.extendleft(reversed(head))
                 f.write(enc.encode((kind, rows)) + b"\n")
                 moved += n
             f.flush()
