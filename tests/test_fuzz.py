@@ -151,3 +151,26 @@ def test_kite_decode_never_raises(data: bytes | str) -> None:
     for _ in range(2):  # twice: the second packet's size comes from the change in volume
         ticks, _ = c.decode(Frame(data, 1))
         _sane(ticks)
+
+
+def _ccxt() -> Any:
+    from aetherion.ingest.ccxt_pro import CcxtConnector
+
+    m = MarketConfig(id="btcusdt", venue="crypto", connector="ccxt", symbol="BTC/USDT",
+                     exchange="binance")
+    return CcxtConnector(m, Settings(markets=(m,)))
+
+
+CCXT_TRADE = {"id": "3735683259", "timestamp": 1723161255342, "price": 61837.63,
+              "amount": 0.02, "side": "sell", "symbol": "BTC/USDT", "info": {}}
+
+
+@FUZZ
+@given(st.one_of(json_values, st.builds(lambda k, v: {**CCXT_TRADE, k: v},
+                                        st.sampled_from(sorted(CCXT_TRADE)), json_values)))
+def test_ccxt_trade_normalization_never_raises(trade: Any) -> None:
+    """What ccxt hands over (its unified trade dicts, or whatever a broken parser returns)."""
+    c = _ccxt()
+    tick = c._tick(trade if isinstance(trade, dict) else {"info": trade}, 1)
+    if tick is not None:
+        _sane([tick])

@@ -214,13 +214,14 @@ class CcxtConnector(Connector):
             batch = await dog.guard(self.ex.watch_trades(symbol))
 
     def _tick(self, t: dict[str, Any], recv_ns: int) -> Tick | None:
-        price, size, ts, tid = t.get("price"), t.get("amount"), t.get("timestamp"), t.get("id")
-        if not (isinstance(price, int | float) and isinstance(size, int | float)
-                and isinstance(ts, int) and price > 0 and size > 0 and math.isfinite(price)
-                and tid is not None):
+        price: Any = t.get("price")
+        size: Any = t.get("amount")
+        ts, tid = t.get("timestamp"), t.get("id")
+        if not (_positive(price) and _positive(size) and type(ts) is int and tid is not None):
             self._malformed(repr(t.get("info", t)), ValueError("trade without price/size/time"))
             return None
-        side = {"buy": BUY, "sell": SELL}.get(t.get("side") or "", UNKNOWN_SIDE)
+        side = t.get("side")
+        side = BUY if side == "buy" else SELL if side == "sell" else UNKNOWN_SIDE
         return Tick(self.market.id, ts, float(price), float(size), side, str(tid), recv_ns)
 
     async def _on_trades(self, trades: list[dict[str, Any]], recv_ns: int) -> None:
@@ -378,3 +379,8 @@ class CcxtConnector(Connector):
             self._saved = cur
         except Exception as e:  # noqa: BLE001 - retried at the next save
             log.warning("ccxt: checkpoint not saved", market=self.market.id, error=str(e))
+
+
+def _positive(x: Any) -> bool:
+    """A finite number above 0 (not a bool, which Python counts as an int)."""
+    return type(x) in (int, float) and math.isfinite(x) and x > 0
