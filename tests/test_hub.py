@@ -23,8 +23,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[Hub, str]]:
-    hub = Hub("market", queue_size=50)
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Hub, str]]:
+    hub = Hub("market", **getattr(request, "param", {"queue_size": 50}))
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -79,7 +79,41 @@ async def test_slow_client_dropped_fast_one_kept(served: tuple[Hub, str]) -> Non
         slow.close()
 
 
-async def _drop_slow(hub: Hub, url: str, slow: socket.socket) -> None:
+@pytest.mark.parametrize("served", [{"queue_size": 100_000}], indirect=True)
+async def test_client_that_pauses_gets_everything_in_order(served: tuple[Hub, str]) -> None:
+    """A client that stops reading long enough for its socket to fill is sent the rest later,
+    in order, from its backlog."""
+    hub, url = served
+    pad = "x" * 20_000
+    async with connect(url, max_queue=1, compression=None) as ws:  # pad must not shrink
+        await wait_clients(hub, 1)
+        for i in range(1000):  # 20 MB: more than the socket buffers take
+            hub.publish("a", encode("tick", "a", {"i": i, "pad": pad}))
+        assert any(c.busy for c in hub._clients)  # a send is waiting on the socket
+        got = [json.loads(await ws.recv()) for _ in range(1002)]
+    assert [m["type"] for m in got[:2]] == ["snapshot", "snapshot"]
+    assert [m["i"] for m in got[2:]] == list(range(1000))
+    assert hub.dropped_clients == 0
+
+
+@pytest.mark.parametrize("served", [{"queue_size": 1_000_000, "send_timeout": 0.5}],
+                         indirect=True)
+async def test_client_whose_send_times_out_is_dropped(served: tuple[Hub, str]) -> None:
+    """A backlog far too big to fill: the send that waits longer than the timeout drops it."""
+    hub, url = served
+    port = int(url.split(":")[2].split("/")[0])
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", port))
+    try:
+        await _drop_slow(hub, url, slow, burst=400)
+    finally:
+        slow.close()
+
+
+async def _drop_slow(hub: Hub, url: str, slow: socket.socket, burst: int = 0) -> None:
+    """Publish to a fast client and ``slow`` until the hub drops the slow one (after ``burst``
+    messages, no more are published: only a timeout can drop it then)."""
     slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  b"Connection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -96,10 +130,14 @@ async def _drop_slow(hub: Hub, url: str, slow: socket.socket) -> None:
 
         reader = asyncio.create_task(read_fast())
         sent = 0
-        while hub.dropped_clients == 0 and sent < 5_000:
+        while hub.dropped_clients == 0 and sent < (burst or 5_000):
             hub.publish("a", encode("tick", "a", {"i": sent, "pad": pad}))
             sent += 1
             await asyncio.sleep(0.0005)
+        for _ in range(300 if burst else 0):
+            if hub.dropped_clients:
+                break
+            await asyncio.sleep(0.01)
         assert hub.dropped_clients == 1
         await wait_clients(hub, 1)
         for _ in range(1000):

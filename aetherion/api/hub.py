@@ -1,15 +1,22 @@
-"""WebSocket fan-out: one hub per stream, one bounded queue and writer per client.
+"""WebSocket fan-out: one hub per stream, sends straight from the publisher, a bounded backlog per
+client that cannot keep up.
 
-Publishing never waits: a message is encoded once and put on every interested client's queue; a
-client whose queue is full is too slow, and is dropped (closed with code 1013) rather than waited
-for. A new client first receives a snapshot per market it follows, then live messages.
+Publishing never waits. A message is encoded once and, for each interested client, its send is
+started at once: while the client's socket takes writes (the usual case) the send completes there
+and then, with no task switch, as a plain broadcast loop would. A send that has to wait (the
+socket's buffer is full) is finished by a task of that client's own, and the messages published
+meanwhile queue behind it in its backlog, in order. A client whose backlog is full, or whose send
+has waited longer than the send timeout, is too slow: it is dropped (closed with code 1013) rather
+than waited for. A new client first receives a snapshot per market it follows, then live messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import orjson
@@ -21,6 +28,7 @@ __all__ = ["Hub", "encode"]
 log = structlog.get_logger(__name__)
 
 TRY_AGAIN_LATER = 1013
+_GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what a send to a client that left raises
 
 
 def encode(kind: str, market: str, payload: dict[str, Any]) -> str:
@@ -29,24 +37,40 @@ def encode(kind: str, market: str, payload: dict[str, Any]) -> str:
 
 
 class _Client:
-    __slots__ = ("dropped", "markets", "queue", "writer")
+    __slots__ = ("backlog", "busy", "done", "dropped", "flusher", "markets", "ws")
 
-    def __init__(self, markets: frozenset[str] | None, size: int) -> None:
+    def __init__(self, ws: WebSocket, markets: frozenset[str] | None) -> None:
+        self.ws = ws
         self.markets = markets
-        self.queue: asyncio.Queue[str] = asyncio.Queue(size)
+        self.backlog: deque[str] = deque()
+        self.busy = True  # a send is waiting or the backlog is being sent: new messages queue
         self.dropped = False
-        self.writer: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()  # the client left or was dropped
+        self.flusher: asyncio.Task[None] | None = None
 
     def wants(self, market: str) -> bool:
         return self.markets is None or market in self.markets
 
 
+@types.coroutine
+def _finish(send: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """Await the rest of a send coroutine that was started by hand and is waiting on
+    ``waiting_on`` (what it yielded)."""
+    try:
+        yield waiting_on
+    except BaseException:
+        send.close()
+        raise
+    yield from send
+
+
 class Hub:
     """Clients of one WebSocket stream (``market``, ``regime`` or ``decision``)."""
 
-    def __init__(self, stream: str, queue_size: int = 2000) -> None:
+    def __init__(self, stream: str, queue_size: int = 2000, send_timeout: float = 10.0) -> None:
         self.stream = stream
         self.queue_size = queue_size
+        self.send_timeout = send_timeout
         self._clients: set[_Client] = set()
         self.messages = 0
         self.dropped_clients = 0
@@ -56,19 +80,59 @@ class Hub:
         return len(self._clients)
 
     def publish(self, market: str, text: str) -> None:
-        """Queue ``text`` for every client following ``market``; drop the ones that lag."""
+        """Send ``text`` to every client following ``market``; drop the ones that lag."""
         for c in self._clients:
             if c.dropped or not c.wants(market):
                 continue
-            try:
-                c.queue.put_nowait(text)
-                self.messages += 1
-            except asyncio.QueueFull:
-                c.dropped = True
-                self.dropped_clients += 1
-                if c.writer is not None:
-                    c.writer.cancel()  # it may be stuck in a send; serve() closes the socket
-                log.warning("websocket client too slow, dropped", stream=self.stream)
+            if not c.busy:
+                self._send_now(c, text)
+            elif len(c.backlog) < self.queue_size:
+                c.backlog.append(text)
+            else:
+                self._drop(c, "backlog full")
+                continue
+            self.messages += 1
+
+    def _send_now(self, c: _Client, text: str) -> None:
+        send = c.ws.send_text(text)
+        try:
+            waiting_on = send.send(None)
+        except StopIteration:
+            return  # sent
+        except _GONE:
+            c.done.set()
+            return
+        c.busy = True
+        c.flusher = asyncio.create_task(self._flush(c, _finish(send, waiting_on), []))
+
+    async def _flush(self, c: _Client, head: Coroutine[Any, Any, None] | None,
+                     first: list[str]) -> None:
+        """Finish a waiting send, then send ``first`` and the backlog in order."""
+        try:
+            if head is not None:
+                await self._timed(c, head)
+            for text in first:
+                await self._timed(c, c.ws.send_text(text))
+            while c.backlog:
+                await self._timed(c, c.ws.send_text(c.backlog.popleft()))
+            c.busy = False
+        except TimeoutError:
+            self._drop(c, "send timed out")
+        except _GONE:
+            c.done.set()
+
+    async def _timed(self, c: _Client, send: Coroutine[Any, Any, None]) -> None:
+        async with asyncio.timeout(self.send_timeout):
+            await send
+
+    def _drop(self, c: _Client, why: str) -> None:
+        c.dropped = True
+        c.backlog.clear()
+        self.dropped_clients += 1
+        if c.flusher is not None and c.flusher is not asyncio.current_task():
+            c.flusher.cancel()  # it is stuck in a send; serve() closes the socket
+        c.done.set()
+        log.warning("websocket client too slow, dropped", stream=self.stream, reason=why)
 
     async def serve(
         self,
@@ -77,16 +141,18 @@ class Hub:
         snapshot: Callable[[frozenset[str] | None], list[str]],
     ) -> None:
         """Run one accepted client until it leaves or is dropped."""
-        client = _Client(markets, self.queue_size)
-        # Registered before the snapshot is taken, so nothing published in between is missed.
+        client = _Client(ws, markets)
+        # Registered (busy, so live messages wait in its backlog) before the snapshot is taken,
+        # so nothing published in between is missed.
         self._clients.add(client)
         try:
-            writer = client.writer = asyncio.create_task(_write(ws, client, snapshot(markets)))
+            client.flusher = asyncio.create_task(self._flush(client, None, snapshot(markets)))
             reader = asyncio.create_task(_drain(ws))
-            _, pending = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
+            done = asyncio.create_task(client.done.wait())
+            await asyncio.wait({reader, done}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (reader, done, client.flusher):
                 t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(reader, done, client.flusher, return_exceptions=True)
         finally:
             self._clients.discard(client)
         if client.dropped:
@@ -94,14 +160,6 @@ class Hub:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await ws.close(TRY_AGAIN_LATER, "client too slow")
-
-
-async def _write(ws: WebSocket, client: _Client, first: list[str]) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the client left
-        for text in first:
-            await ws.send_text(text)
-        while True:
-            await ws.send_text(await client.queue.get())
 
 
 async def _drain(ws: WebSocket) -> None:
