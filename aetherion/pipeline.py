@@ -63,6 +63,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+TICKS_PER_MESSAGE = 500  # a `ticks` message stays well under a client's usual 1 MiB limit
+
 LAG_PROBE_S = 0.05
 CLOCK_S = 0.1  # how often quiet markets get their bars closed
 OPEN_BAR_EVERY = 5  # clock steps between open-bar broadcasts (0.5 s)
@@ -433,9 +435,16 @@ class Runtime:
         self.metrics.ticks.labels(market.id).inc(len(ticks))
         self.writer.put("ticks", list(ticks))
         hub = self.hubs["market"]
-        if hub.client_count:
-            for t in ticks:
-                hub.publish(market.id, encode("tick", market.id, tick_json(t)))
+        if not hub.client_count:
+            return
+        # A batch goes out as one message: a send per client costs tens of microseconds, so a
+        # message per trade to every client would not keep up with a busy market.
+        if len(ticks) == 1:
+            hub.publish(market.id, encode("tick", market.id, tick_json(ticks[0])))
+            return
+        for i in range(0, len(ticks), TICKS_PER_MESSAGE):
+            chunk = [tick_json(t) for t in ticks[i:i + TICKS_PER_MESSAGE]]
+            hub.publish(market.id, encode("ticks", market.id, {"ticks": chunk}))
 
     def bar(self, market: MarketConfig, bar: Bar) -> None:
         if not bar.revision:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -47,16 +48,16 @@ def metric(text: str, name: str) -> float:
 
 
 async def clients(url: str, n: int, until: float, received: list[int]) -> None:
+    loop = asyncio.get_running_loop()
+
     async def one() -> None:
         while time.monotonic() < until:
             try:
                 async with connect(url, max_size=2**22) as ws:
-                    while time.monotonic() < until:
-                        try:
-                            await asyncio.wait_for(ws.recv(), max(0.01, until - time.monotonic()))
-                        except TimeoutError:
-                            return
-                        received[0] += 1
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(loop.time() + until - time.monotonic()):
+                            async for _ in ws:
+                                received[0] += 1
             except (ConnectionClosed, InvalidStatus, OSError):
                 received[1] += 1  # dropped or refused: come back, as a dashboard would
                 await asyncio.sleep(0.2)
@@ -92,13 +93,16 @@ def main() -> None:
         start = time.monotonic()
         received = [0, 0]
         readings: dict[str, float] = {}
+        samples: list[float] = []
 
         async def run() -> None:
             task = asyncio.create_task(clients(f"{base.replace('http', 'ws')}/ws/market",
                                                args.clients, start + args.seconds, received))
             await asyncio.sleep(max(0.0, start + 15 - time.monotonic()))
             readings["rss_15s_mb"] = rss_mb(proc.pid)
-            await task
+            while not task.done():  # every 15 s, to see whether it levels off
+                await asyncio.wait({task}, timeout=15)
+                samples.append(round(rss_mb(proc.pid), 1))
 
         asyncio.run(run())
         readings["rss_end_mb"] = rss_mb(proc.pid)
@@ -111,6 +115,7 @@ def main() -> None:
     out = {
         "seconds": args.seconds, "clients": args.clients, "rate_per_market": args.rate,
         **{k: round(v, 1) for k, v in readings.items()}, "rss_growth": round(growth, 4),
+        "rss_every_15s_mb": samples,
         "trades": int(metric(metrics, "aetherion_ticks_total")),
         "dropped_clients": int(metric(metrics, 'aetherion_websocket_dropped_clients_total'
                                                '{stream="market"}')),

@@ -99,8 +99,12 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         assert msgs[0]["type"] == "snapshot" and msgs[1]["type"] == "snapshot"
         assert {m["market"] for m in msgs[:2]} == {"btcusdt", "nifty"}
         assert {m["market"] for m in msgs} == {"btcusdt", "nifty"}  # spy filtered out
-        ticks = [m for m in msgs if m["type"] == "tick"]
+        ticks = [dict(t, market=m["market"]) for m in msgs
+                 for t in ([m] if m["type"] == "tick" else m.get("ticks", []))]
         assert len(ticks) > 40 and all(t["side"] in ("buy", "sell") for t in ticks)
+        for market in ("btcusdt", "nifty"):  # every trade once, in order (`{ts}-{seq}` ids)
+            seqs = [int(t["trade_id"].split("-")[1]) for t in ticks if t["market"] == market]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         closed = [m for m in msgs if m["type"] == "bar" and m["closed"]
                   and m["market"] == "btcusdt" and m["timeframe"] == "1s"]
         assert len(closed) >= 2

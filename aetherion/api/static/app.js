@@ -297,6 +297,7 @@
   const handlers = {
     snapshot: (card, m) => applySnapshot(card, m),
     tick: (card, m) => setPrice(card, m.price),
+    ticks: (card, m) => setPrice(card, m.ticks[m.ticks.length - 1].price),
     bar: (card, m) => upsertCandle(card, m),
     features: () => {},
     regime: (card, m) => {
