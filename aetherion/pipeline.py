@@ -68,6 +68,7 @@ TICKS_PER_MESSAGE = 500  # a `ticks` message stays well under a client's usual 1
 LAG_PROBE_S = 0.05
 CLOCK_S = 0.1  # how often quiet markets get their bars closed
 OPEN_BAR_EVERY = 5  # clock steps between open-bar broadcasts (0.5 s)
+STOP_DRAIN_S = 5.0  # how long stop() goes on processing what connectors queued
 QUEUE_BATCHES = 1024  # connector → pipeline queue bound (batches, not ticks)
 
 
@@ -693,7 +694,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await live.tasks[0]
             live.connector.stats.state = "stopped"
-            while not live.queue.empty():
+            # Take what was queued, for a while: the checkpoint is what was processed, so what
+            # is left when the time is up comes back by backfill on the next start.
+            until = time.monotonic() + STOP_DRAIN_S
+            while not live.queue.empty() and time.monotonic() < until:
                 item = live.queue.get_nowait()
                 if isinstance(item, list) and item:
                     live.pipeline.on_ticks(item)

@@ -19,15 +19,22 @@ import time
 import zlib
 from dataclasses import dataclass
 
+import structlog
+
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, TIMEFRAME_MS, Bar, BookSnapshot, Tick
 from aetherion.ingest.base import Checkpoints, Connector, Outbox
 
 __all__ = ["REGIME_PARAMS", "SimulatedMarket", "SimulatorConnector"]
 
+log = structlog.get_logger(__name__)
+
 BOOK_LEVELS = 20
 BOOK_INTERVAL_S = 0.25
 STEP_S = 0.05
+# A step that comes late (the pipeline is behind) simulates at most this much time: the rest is
+# skipped, as if the market had been quiet, so a simulator never outruns what it feeds.
+MAX_STEP_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,8 @@ class SimulatorConnector(Connector):
         s, m = settings, market
         self.sim = SimulatedMarket(m.id, m.venue, m.start_price or 100.0, s.sim_seed,
                                    s.sim_regime_seconds)
+        self.skipped_ms = 0  # simulated time skipped because the pipeline was behind
+        self._next_skip_log = 0.0
 
     async def run(self, out: Outbox) -> None:
         self.stats.state = "live"
@@ -185,6 +194,13 @@ class SimulatorConnector(Connector):
         while True:
             await asyncio.sleep(STEP_S)
             now = time.time_ns() // 1_000_000
+            if now - last > MAX_STEP_MS:
+                self.skipped_ms += now - last - MAX_STEP_MS
+                if time.monotonic() >= self._next_skip_log:  # at most one line in 10 s
+                    self._next_skip_log = time.monotonic() + 10
+                    log.warning("simulator behind the pipeline; time skipped",
+                                market=self.market.id, total_skipped_ms=self.skipped_ms)
+                last = now - MAX_STEP_MS
             batch = self.sim.trades(last, now, self.settings.sim_rate)
             last = now
             if batch:
