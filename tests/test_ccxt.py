@@ -39,7 +39,7 @@ async def server(recording: Recording) -> AsyncIterator[FakeBinance]:
 
 
 def ccxt_conn(srv: FakeBinance, **kw: Any) -> CcxtConnector:
-    kw.setdefault("watchdog_s", 2.0)
+    kw.setdefault("watchdog_s", 5.0)  # well above a busy 2-core machine's stalls
     kw.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2))
     return CcxtConnector(market_for(srv, "ccxt", exchange="binance"), Settings(), None, **kw)
 
