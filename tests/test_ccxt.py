@@ -39,7 +39,9 @@ async def server(recording: Recording) -> AsyncIterator[FakeBinance]:
 
 
 def ccxt_conn(srv: FakeBinance, **kw: Any) -> CcxtConnector:
-    kw.setdefault("watchdog_s", 5.0)  # well above a busy 2-core machine's stalls
+    # The local server is silent until a test plays it (an exchange is not): a watchdog shorter
+    # than a slow start-up (a fresh clone's first ccxt import) fires before the first trade.
+    kw.setdefault("watchdog_s", 30.0)
     kw.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2))
     return CcxtConnector(market_for(srv, "ccxt", exchange="binance"), Settings(), None, **kw)
 

@@ -99,7 +99,9 @@ class Hub:
             waiting_on = send.send(None)
         except StopIteration:
             return  # sent
-        except _GONE:
+        except Exception as e:  # runs in the publisher (the pipeline): never let a send fail it
+            if not isinstance(e, _GONE):
+                log.exception("websocket send failed", stream=self.stream)
             c.done.set()
             return
         c.busy = True
@@ -118,7 +120,9 @@ class Hub:
             c.busy = False
         except TimeoutError:
             self._drop(c, "send timed out")
-        except _GONE:
+        except Exception as e:
+            if not isinstance(e, _GONE):
+                log.exception("websocket send failed", stream=self.stream)
             c.done.set()
 
     async def _timed(self, c: _Client, send: Coroutine[Any, Any, None]) -> None:
