@@ -169,8 +169,9 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         regimes = asyncio.run(collect(base, "", 3, "regime"))
         fused = [m for m in regimes if m["type"] == "regime" and m["timeframe"] == "fused"]
         assert {m["market"] for m in fused} == {"btcusdt", "spy", "nifty"}
-        assert all(m["regime"] in ("bull", "bear", "sideways", "crisis", "unknown")
-                   and 0 <= m["confidence"] <= 1 for m in fused)
+        bad = [m for m in fused if not (m["regime"] in ("bull", "bear", "sideways", "crisis",
+                                                         "unknown") and 0 <= m["confidence"] <= 1)]
+        assert not bad, [(m["regime"], m["confidence"], m.get("probs")) for m in bad]
         models = httpx.get(f"{base}/api/regime/models", params={"market": "spy"}).json()
         assert {m["timeframe"] for m in models["models"]} == {"1s", "5s"}
         hist = httpx.get(f"{base}/api/regime/btcusdt", params={"limit": 5}).json()

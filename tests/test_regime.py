@@ -243,3 +243,24 @@ async def test_models_persist_and_are_reused_after_restart(sql_url: str) -> None
         assert running.on_features(f, schedule=False) == restarted.on_features(
             f, schedule=False)
     assert math.isfinite(newest.loglik or 0.0)
+
+
+def test_regime_probabilities_never_exceed_one() -> None:
+    """Several states under one label: their exps can sum to 1.0000000000000002 (seen live as a
+    confidence above 1); the probabilities are renormalized."""
+    import random
+    from types import SimpleNamespace
+
+    rng = random.Random(7)
+    shared = SimpleNamespace(labels=["sideways", "sideways", "sideways", "bull"])
+    raw_above_one = 0
+    for _ in range(20_000):
+        a = [rng.uniform(-40, 0) for _ in range(4)]
+        a[rng.randrange(4)] = rng.uniform(-1e-12, 0)
+        top = max(a)
+        log_alpha = [v - top - math.log(sum(math.exp(x - top) for x in a)) for v in a]
+        raw_above_one += sum(math.exp(v) for v in log_alpha[:3]) > 1
+        probs = RegimeModel.regime_probs(shared, log_alpha)  # type: ignore[arg-type]
+        assert max(probs.values()) <= 1.0 and set(probs) == set(REGIMES)
+        assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-12)
+    assert raw_above_one  # the case is real, not hypothetical

@@ -134,7 +134,10 @@ class RegimeModel:
         out = dict.fromkeys(REGIMES, 0.0)
         for name, v in zip(self.labels, log_alpha, strict=True):
             out[name] += math.exp(v)
-        return out
+        # exp of normalized logs sums to 1 only up to rounding (1.0000000000000002 was seen
+        # when several states share a label): divided by their own sum, none exceeds 1.
+        total = sum(out.values())
+        return {name: p / total for name, p in out.items()}
 
 
 def label_states(means: F, scaler_mean: F, scaler_std: F) -> list[str]:
