@@ -93,6 +93,8 @@ def test_steady_stream_stays_bounded(tmp_path: Path) -> None:
             counts.append((len(ticks), len(bars)))
             assert ticks and min(t["ts"] for t in ticks) >= now - 3000 - 2500
             assert bars and min(b["open_time"] for b in bars) >= now - 6000 - 3500
-    (t1, b1), _, (t3, b3) = counts
-    assert t3 <= 1.3 * t1 and b3 <= b1 + 3, counts  # bounded, not growing with time
+    # Bounded by the settings, not growing with time: 50 trades/s kept 3 s, plus a purge
+    # interval and slack for Poisson bursts and flush delay (unpurged, 15 s would hold ~750 ticks
+    # and 15 bars).
+    assert all(t <= 50 * (3 + 1 + 2) and b <= 6 + 1 + 3 for t, b in counts), counts
     assert "retention purge" in (tmp_path / "server.log").read_text()
