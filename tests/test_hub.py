@@ -66,17 +66,7 @@ async def test_snapshot_first_then_filtered_stream(served: tuple[Hub, str]) -> N
 
 
 async def test_slow_client_dropped_fast_one_kept(served: tuple[Hub, str]) -> None:
-    hub, url = served
-    port = int(url.split(":")[2].split("/")[0])
-    # The slow client: a raw socket with a tiny receive buffer that completes the handshake and
-    # then never reads.
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(("127.0.0.1", port))
-    try:
-        await _drop_slow(hub, url, slow)
-    finally:
-        slow.close()
+    await _drop_slow(*served)
 
 
 @pytest.mark.parametrize("served", [{"queue_size": 100_000}], indirect=True)
@@ -100,20 +90,22 @@ async def test_client_that_pauses_gets_everything_in_order(served: tuple[Hub, st
                          indirect=True)
 async def test_client_whose_send_times_out_is_dropped(served: tuple[Hub, str]) -> None:
     """A backlog far too big to fill: the send that waits longer than the timeout drops it."""
-    hub, url = served
-    port = int(url.split(":")[2].split("/")[0])
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(("127.0.0.1", port))
-    try:
-        await _drop_slow(hub, url, slow, burst=400)
-    finally:
-        slow.close()
+    await _drop_slow(*served, burst=400)
 
 
-async def _drop_slow(hub: Hub, url: str, slow: socket.socket, burst: int = 0) -> None:
-    """Publish to a fast client and ``slow`` until the hub drops the slow one (after ``burst``
+async def _drop_slow(hub: Hub, url: str, burst: int = 0) -> None:
+    """Publish to a fast client and a slow one until the hub drops the slow one (after ``burst``
     messages, no more are published: only a timeout can drop it then)."""
+    # The slow client: a raw socket with a tiny receive buffer that completes the handshake and
+    # then never reads.
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.socket() as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
+        await _publish_until_dropped(hub, url, slow, burst)
+
+
+async def _publish_until_dropped(hub: Hub, url: str, slow: socket.socket, burst: int) -> None:
     slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  b"Connection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

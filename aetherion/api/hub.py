@@ -100,9 +100,7 @@ class Hub:
         except StopIteration:
             return  # sent
         except Exception as e:  # runs in the publisher (the pipeline): never let a send fail it
-            if not isinstance(e, _GONE):
-                log.exception("websocket send failed", stream=self.stream)
-            c.done.set()
+            self._gone(c, e)
             return
         c.busy = True
         c.flusher = asyncio.create_task(self._flush(c, _finish(send, waiting_on), []))
@@ -112,22 +110,26 @@ class Hub:
         """Finish a waiting send, then send ``first`` and the backlog in order."""
         try:
             if head is not None:
-                await self._timed(c, head)
+                await self._timed(head)
             for text in first:
-                await self._timed(c, c.ws.send_text(text))
+                await self._timed(c.ws.send_text(text))
             while c.backlog:
-                await self._timed(c, c.ws.send_text(c.backlog.popleft()))
+                await self._timed(c.ws.send_text(c.backlog.popleft()))
             c.busy = False
         except TimeoutError:
             self._drop(c, "send timed out")
         except Exception as e:
-            if not isinstance(e, _GONE):
-                log.exception("websocket send failed", stream=self.stream)
-            c.done.set()
+            self._gone(c, e)
 
-    async def _timed(self, c: _Client, send: Coroutine[Any, Any, None]) -> None:
+    async def _timed(self, send: Coroutine[Any, Any, None]) -> None:
         async with asyncio.timeout(self.send_timeout):
             await send
+
+    def _gone(self, c: _Client, e: Exception) -> None:
+        """A send failed: the client left (or, logged, something unexpected); it is done."""
+        if not isinstance(e, _GONE):
+            log.exception("websocket send failed", stream=self.stream)
+        c.done.set()
 
     def _drop(self, c: _Client, why: str) -> None:
         c.dropped = True

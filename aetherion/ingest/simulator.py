@@ -196,8 +196,8 @@ class SimulatorConnector(Connector):
             now = time.time_ns() // 1_000_000
             if now - last > MAX_STEP_MS:
                 self.skipped_ms += now - last - MAX_STEP_MS
-                if time.monotonic() >= self._next_skip_log:  # at most one line in 10 s
-                    self._next_skip_log = time.monotonic() + 10
+                if (mono := time.monotonic()) >= self._next_skip_log:  # a line in 10 s at most
+                    self._next_skip_log = mono + 10
                     log.warning("simulator behind the pipeline; time skipped",
                                 market=self.market.id, total_skipped_ms=self.skipped_ms)
                 last = now - MAX_STEP_MS
