@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import uvicorn
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, HTTPException, WebSocket
 from websockets.asyncio.client import connect
 
 from aetherion.api.hub import Hub, encode
@@ -148,3 +148,10 @@ async def _publish_until_dropped(hub: Hub, url: str, slow: socket.socket, burst:
 ])
 def test_parse_time(raw: str, ms: int) -> None:
     assert parse_time("since", raw) == ms
+
+
+@pytest.mark.parametrize("raw", ["²", "-²", "12²", "yesterday"])
+def test_parse_time_refuses_what_is_no_time(raw: str) -> None:
+    with pytest.raises(HTTPException) as e:
+        parse_time("since", raw)
+    assert e.value.status_code == 422

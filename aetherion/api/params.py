@@ -38,7 +38,8 @@ def parse_time(name: str, value: str | None) -> int | None:
     if value is None or value == "":
         return None
     v = value.strip()
-    if v.lstrip("-").isdigit():
+    digits = v.removeprefix("-")
+    if digits.isascii() and digits.isdigit():  # '²' is a digit to isdigit(), not to int()
         return int(v)
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
