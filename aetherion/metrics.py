@@ -1,7 +1,9 @@
 """Prometheus metrics (``/metrics``), one registry per running process.
 
 Counters and histograms are updated where the events happen; connector states, reconnects, gaps,
-store backlogs and WebSocket client counts are read from their owners at scrape time.
+store backlogs and WebSocket client counts are read from their owners at scrape time. A labelled
+counter whose label values are known from the start (markets, timeframes, actions) is listed at 0
+from the start, so a rate on a fresh start is 0 rather than "no data".
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from aetherion.decision.model import ACTIONS
 
 __all__ = ["Metrics"]
 
@@ -65,7 +69,8 @@ class _Scraped(Collector):
 
 
 class Metrics:
-    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, read: Callable[[], dict[str, Any]], markets: Iterable[str] = (),
+                 timeframes: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ticks = Counter("aetherion_ticks", "trades processed", ["market"], registry=r)
@@ -84,6 +89,15 @@ class Metrics:
         self.loop_lag = Histogram("aetherion_event_loop_lag_seconds", "event-loop lag",
                                   buckets=LATENCY_BUCKETS, registry=r)
         r.register(_Scraped(read))
+        tfs = tuple(timeframes)
+        for m in markets:  # the known label values, at 0 until their first event
+            self.ticks.labels(m)
+            self.regimes.labels(m)
+            for tf in tfs:
+                self.bars.labels(m, tf)
+                self.features.labels(m, tf)
+            for action in ACTIONS:
+                self.decisions.labels(m, action)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -416,7 +416,8 @@ class Runtime:
         self.latest_decisions: dict[str, Decision] = {}
         self.ws_counts = {"open": 0, "origin": 0, "limit": 0}  # the WebSocket gate's
         self.purged = 0  # rows deleted by the retention purge
-        self.metrics = Metrics(self._scrape)
+        self.metrics = Metrics(self._scrape, [m.id for m in settings.markets],
+                               settings.timeframes)
 
     def _scrape(self) -> dict[str, Any]:
         writers = [w for w in (getattr(self, "writer", None), getattr(self, "state_writer", None))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, BookSnapshot, Tick
 from aetherion.features.candles import CandleEngine
 from aetherion.ingest.alpaca import (
+    BOOK_MIN_INTERVAL_MS,
     AlpacaConnector,
     AlpacaParser,
     SideInference,
@@ -186,7 +188,51 @@ async def test_streams_trades_books_and_quote_rule_sides(creds: None) -> None:
     assert [t.side for i, t in enumerate(ticks) if i % 3 == 1] == [SELL] * 500
     assert books and all(len(b.bids) == len(b.asks) == 1 for b in books)
     assert all(b.bids[0][0] <= b.asks[0][0] for b in books)
-    assert all(b.ts - a.ts >= 50 for a, b in zip(books, books[1:], strict=False))
+    # at most one book per 50 ms of quote time; only the trailing edge (a book held back, put
+    # out when its interval ended before the next frame came) may follow closer
+    assert sum(b.ts - a.ts < 50 for a, b in zip(books, books[1:], strict=False)) \
+        <= c.trailing.sent
+
+
+async def test_a_burst_ending_inside_the_interval_still_shows_its_last_quote(
+    creds: None,
+) -> None:
+    """Real SPY trades and quotes, then three quotes 10 ms apart and silence: the first goes
+    out at once, the others are held by the throttle, and the last one still goes out when
+    its interval ends (within one interval, plus a little), once."""
+    script = with_quotes(spy_trades(limit=200))
+    p, t0 = script[-1]["p"], script[-1]["t"] + 1_000_000_000
+    script += [{"T": "q", "S": "SPY", "bx": "Q", "bp": round(p + d, 2), "bs": 3 + k, "ax": "P",
+                "ap": round(p + d + 0.02, 2), "as": 5 + k, "t": t0 + k * 10_000_000,
+                "c": ["R"], "z": "B"} for k, d in enumerate((-0.01, 0.0, 0.01))]
+    last = script[-1]
+    want = (((last["bp"], float(last["bs"])),), ((last["ap"], float(last["as"])),))
+    books: list[BookSnapshot] = []
+
+    def shows_last() -> bool:
+        books.extend(drain(out)[1])
+        return bool(books) and (books[-1].bids, books[-1].asks) == want
+
+    async with AlpacaServer(script, KEY, SECRET, batch=1) as srv:
+        c = connector(srv.url)
+        async with running(c) as out:
+            await asyncio.wait_for(srv.done.wait(), 10)
+            await until(lambda: c.stats.messages >= 1 + len(script))
+            quiet_since = c.stats.last_message_mono
+            assert quiet_since is not None
+            slack = 0.2  # "plus a little": scheduling on a busy machine
+            try:
+                await until(shows_last, max(0.0, quiet_since + BOOK_MIN_INTERVAL_MS / 1000
+                                            + slack - time.monotonic()))
+            except TimeoutError:
+                pytest.fail(f"{BOOK_MIN_INTERVAL_MS} ms (+{slack} s) after the last quote the "
+                            f"newest book put out was {books[-1:]}, not the quote {want}")
+            assert c.trailing.sent >= 1
+        assert books[-1].ts == last["t"] // 1_000_000 and books[-1].sequence == last["t"]
+        assert sum((b.bids, b.asks) == want for b in books + drain(out)[1]) == 1
+    first = script[-3]
+    assert any(b.ts == first["t"] // 1_000_000 for b in books)  # the leading edge
+    assert not any(t.get_name() == "book-trailing-spy" for t in asyncio.all_tasks())
 
 
 async def test_cuts_silence_and_garbage_leave_candles_equal_to_what_was_published(

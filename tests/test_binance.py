@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from fakes.binance_server import FakeBinance, Recording, load_recording
+from structlog.testing import capture_logs
 
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, BookSnapshot, Tick
@@ -168,6 +169,39 @@ async def test_trades_normalized_from_recording(server: FakeBinance) -> None:
     await run.stop()
 
 
+async def test_a_burst_of_diffs_ending_inside_the_interval_still_shows_the_last_book(
+    server: FakeBinance,
+) -> None:
+    """The recorded trades and diffs as fast as they come, then silence: the newest book goes
+    out when its throttle interval ends (within one interval, plus a little), not at the next
+    diff, which in a quiet market may be long in coming."""
+    run = Running(native(server))
+    conn: BinanceConnector = run.conn  # type: ignore[assignment]
+    await wait_for(lambda: server.conns != [] and conn.stats.state == "live", what="live")
+    server.play()
+    await server.finished()
+    await wait_for(lambda: conn.book.update_id == server.update_id, what="book caught up")
+    quiet_since = conn.stats.last_message_mono
+    assert quiet_since is not None
+    bids, asks = server.top(conn.book_depth)
+
+    def shows_last() -> bool:
+        live = [b for b in run.out.books if b.state == "live"]
+        return bool(live) and (list(live[-1].bids), list(live[-1].asks)) == (bids, asks)
+
+    slack = 0.2  # "plus a little": scheduling on a busy machine
+    try:
+        await wait_for(shows_last, max(0.0, quiet_since + conn.book_interval_s + slack
+                                       - time.monotonic()))
+    except AssertionError:
+        pytest.fail(f"{conn.book_interval_s} s (+{slack} s) after the last diff the newest "
+                    f"book put out was update {run.out.books[-1].sequence}, "
+                    f"not {server.update_id}")
+    assert run.out.books[-1].sequence == server.update_id and conn.trailing.sent >= 1
+    await run.stop()
+    assert not any(t.get_name() == "book-trailing-btcusdt" for t in asyncio.all_tasks())
+
+
 async def test_cut_and_refused_reconnect_backfills_exactly(server: FakeBinance) -> None:
     run = Running(native(server))
     await wait_for(lambda: server.conns != [], what="connected")
@@ -210,8 +244,14 @@ async def test_depth_gap_resyncs_the_book(server: FakeBinance) -> None:
     await wait_for(lambda: conn.stats.state == "live", what="live")
     server.play()
     await server.wait_published(400)
-    server.withhold_diffs(1)
-    await wait_for(lambda: conn.stats.book_resyncs >= 1, what="resync")
+    with capture_logs() as logs:
+        server.withhold_diffs(1)
+        await wait_for(lambda: conn.stats.book_resyncs >= 1, what="resync")
+    # the warning names the update the book expected next (the one withheld), not 1
+    gap = [e for e in logs if e["event"] == "binance: depth sequence gap, resyncing the book"]
+    assert len(gap) == 1
+    diffs = [d for s, d in server.rec.messages if "@depth" in s]
+    assert [d["u"] + 1 for d in diffs if d["U"] == gap[0]["expected"]] == [gap[0]["first"]]
     await all_received(server, run)
     await wait_for(lambda: conn.book.update_id == server.update_id, what="book caught up")
     assert server.withheld == 1 and conn.stats.book_resyncs == 1

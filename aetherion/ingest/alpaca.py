@@ -4,8 +4,10 @@ The protocol: the server greets with ``[{"T":"success","msg":"connected"}]``; th
 ``{"action":"auth","key":…,"secret":…}`` (within the server's auth timeout) and, once
 ``authenticated``, ``{"action":"subscribe","trades":[sym],"quotes":[sym]}``. Every frame is a JSON
 array of messages told apart by ``T``: ``t`` trades become :class:`~aetherion.domain.Tick`\\ s,
-``q`` quotes become a top-of-book :class:`~aetherion.domain.BookSnapshot` (``us_orderbook``), and
-``error`` messages (auth failed, connection limit, …) become connector states.
+``q`` quotes become a top-of-book :class:`~aetherion.domain.BookSnapshot` (``us_orderbook``; at
+most one per :data:`BOOK_MIN_INTERVAL_MS` of quote time, and the newest one when the interval ends
+with no further quote), and ``error`` messages (auth failed, connection limit, …) become
+connector states.
 
 Alpaca publishes no aggressor side, so it is inferred by the quote rule
 (:class:`SideInference`) and marked ``side_inferred``.
@@ -31,7 +33,8 @@ from websockets.asyncio.client import ClientConnection
 
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
-from aetherion.ingest.base import Checkpoints
+from aetherion.ingest.base import Checkpoints, Outbox
+from aetherion.ingest.orderbook import TrailingBook
 from aetherion.ingest.stream import Frame, StreamConnector, StreamError
 
 __all__ = [
@@ -165,8 +168,10 @@ class AlpacaParser:
     """Turns stream frames into ticks and top-of-book snapshots of one market.
 
     ``feed`` returns the ticks of a frame and the latest quote as a book (at most one every
-    :data:`BOOK_MIN_INTERVAL_MS`); control messages go to ``on_control(T, msg, code)``. A message
-    that does not decode is counted in ``malformed`` and skipped.
+    :data:`BOOK_MIN_INTERVAL_MS`); the quote held back (:attr:`held`) is :meth:`left_ms` away
+    from its interval's end, when :meth:`flush` gives it. Control messages go to
+    ``on_control(T, msg, code)``. A message that does not decode is counted in ``malformed`` and
+    skipped.
     """
 
     def __init__(self, market_id: str, symbol: str) -> None:
@@ -182,6 +187,7 @@ class AlpacaParser:
         self._control = msgspec.json.Decoder(_Control)
         self._last_book_ms = 0
         self._pending: BookSnapshot | None = None
+        self._sent: BookSnapshot | None = None
 
     def feed(
         self, data: str | bytes, recv_ns: int,
@@ -239,7 +245,27 @@ class AlpacaParser:
         if book is None or book.ts - self._last_book_ms < BOOK_MIN_INTERVAL_MS:
             return None
         self._pending = None
-        self._last_book_ms = book.ts
+        self._last_book_ms, self._sent = book.ts, book
+        return book
+
+    @property
+    def held(self) -> BookSnapshot | None:
+        """The newest book, held back inside the interval of the last one put out."""
+        return self._pending
+
+    def left_ms(self, book: BookSnapshot) -> int:
+        """Quote-time ms left in the interval ``book`` was held back in."""
+        return min(max(BOOK_MIN_INTERVAL_MS - (book.ts - self._last_book_ms), 0),
+                   BOOK_MIN_INTERVAL_MS)
+
+    def flush(self) -> BookSnapshot | None:
+        """The book held back, at its interval's end; ``None`` when it shows what was sent."""
+        book, self._pending = self._pending, None
+        sent = self._sent
+        if book is None or (sent is not None and (book.bids, book.asks) == (sent.bids,
+                                                                            sent.asks)):
+            return None
+        self._last_book_ms, self._sent = book.ts, book
         return book
 
 
@@ -271,6 +297,15 @@ class AlpacaConnector(StreamConnector):
         super().__init__(market, settings, checkpoints)
         self.url = market.ws_url or DEFAULT_URL.format(feed=market.feed or "iex")
         self.parser = AlpacaParser(market.id, market.symbol)
+        self.trailing = TrailingBook(f"book-trailing-{market.id}", self.parser.flush)
+        self._held: BookSnapshot | None = None
+
+    async def run(self, out: Outbox) -> None:
+        self.trailing.start(out)
+        try:
+            await super().run(out)
+        finally:
+            await self.trailing.stop()
 
     def credentials_error(self) -> str | None:
         return check_credentials(self.market)
@@ -297,7 +332,13 @@ class AlpacaConnector(StreamConnector):
                     raise AlpacaError(code, msg)
 
     def decode(self, frame: Frame) -> tuple[list[Tick], BookSnapshot | None]:
-        return self._feed(frame, self._control)
+        got = self._feed(frame, self._control)
+        held = self.parser.held
+        if held is not None and held is not self._held:
+            # a newer quote held back: no quote may come to end its interval, the clock will
+            self._held = held
+            self.trailing.hold(self.parser.left_ms(held) / 1000)
+        return got
 
     def _feed(
         self, frame: Frame, on_control: Callable[[str, str, int], None]

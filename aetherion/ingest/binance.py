@@ -32,10 +32,10 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import BUY, SELL, Bar, Tick
+from aetherion.domain import BUY, SELL, Bar, BookSnapshot, Tick
 from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
 from aetherion.ingest.base import Checkpoints, Connector, Outbox
-from aetherion.ingest.orderbook import OrderBook
+from aetherion.ingest.orderbook import OrderBook, TrailingBook
 
 __all__ = ["BinanceConnector", "BinanceDecoder", "BinanceError", "DepthMsg", "TradeMsg"]
 
@@ -130,7 +130,8 @@ class BinanceDecoder:
 class BinanceConnector(Connector):
     """One Binance spot market. Options beyond the factory's three arguments are for tests and
     tuning: ``watchdog_s`` (silence that counts as a dead socket), ``backoff``, ``book_depth``
-    and ``book_interval_s`` (top-N snapshots put out at most this often), ``max_backfill``
+    and ``book_interval_s`` (top-N snapshots put out at most this often; the newest one goes out
+    when the interval ends, if it differs from the last one sent), ``max_backfill``
     (largest hole filled over REST; a bigger one is logged and partly skipped)."""
 
     name = "binance"
@@ -157,6 +158,9 @@ class BinanceConnector(Connector):
         self._rest: Any = None
         self._book_task: asyncio.Task[None] | None = None
         self._book_sent = 0.0
+        self._book_ts = 0  # event time of the last diff applied to the live book
+        self._last_book: BookSnapshot | None = None  # the last book put out
+        self.trailing = TrailingBook(f"book-trailing-{market.id}", self._trailing_book)
         self._saved_id: int | None = None
         self._saved_at = 0.0
         self._sessions = 0
@@ -172,6 +176,7 @@ class BinanceConnector(Connector):
     async def run(self, out: Outbox) -> None:
         self._out = out
         self._rest = self._make_rest()
+        self.trailing.start(out)
         try:
             await self._load_checkpoint()
             while True:
@@ -195,6 +200,7 @@ class BinanceConnector(Connector):
             if self.stats.state != "failed":
                 self.stats.state = "stopped"
             await self._stop_book_task()
+            await self.trailing.stop()
             await self._save_checkpoint(force=True)
             await self._rest.close()
 
@@ -355,20 +361,38 @@ class BinanceConnector(Connector):
     # order book --------------------------------------------------------------------------------
 
     async def _on_depth(self, m: DepthMsg, recv_ns: int) -> None:
+        had = self.book.update_id  # a gap resets the book: log the id it had
         if not self.book.on_diff(m.U, m.u, m.b, m.a):
             self.stats.book_resyncs += 1
             log.warning("binance: depth sequence gap, resyncing the book", market=self.market.id,
-                        first=m.U, expected=(self.book.update_id or 0) + 1)
+                        first=m.U, expected=(had or 0) + 1)
             await self._start_resync(reset=False)
             return
+        if self.book.state != "live":
+            return
+        self._book_ts = m.E
         now = time.monotonic()
-        if self.book.state == "live" and now - self._book_sent >= self.book_interval_s:
+        if now - self._book_sent >= self.book_interval_s:
             self._book_sent = now
             await self._emit_book(m.E)
+        else:
+            self.trailing.hold(self._book_sent + self.book_interval_s - now)
 
     async def _emit_book(self, ts: int) -> None:
         if self._out is not None:
-            await self._out.put(self.book.top(self.book_depth, ts))
+            self._last_book = self.book.top(self.book_depth, ts)
+            await self._out.put(self._last_book)
+
+    def _trailing_book(self) -> BookSnapshot | None:
+        """The live book at the end of the interval, unless it shows what was last sent."""
+        if self.book.state != "live":
+            return None
+        book, last = self.book.top(self.book_depth, self._book_ts), self._last_book
+        if last is not None and (last.state, last.bids, last.asks) == ("live", book.bids,
+                                                                       book.asks):
+            return None
+        self._last_book, self._book_sent = book, time.monotonic()
+        return book
 
     async def _start_resync(self, reset: bool = True) -> None:
         await self._stop_book_task()

@@ -11,18 +11,28 @@ Diff events carry ``U`` (first update id) and ``u`` (last update id). The rules 
 
 While it is not in sync the book's state is ``"resyncing"`` and :meth:`OrderBook.top` shows no
 levels, so a wrong book is never served.
+
+:class:`TrailingBook` is the trailing edge of a connector's book throttle (any venue's): a book
+held back inside the throttle's interval goes out when the interval ends, if nothing newer did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from aetherion.domain import BookSnapshot
+import structlog
 
-__all__ = ["BookState", "OrderBook"]
+from aetherion.domain import BookSnapshot
+from aetherion.ingest.base import Outbox
+
+__all__ = ["BookState", "OrderBook", "TrailingBook"]
+
+log = structlog.get_logger(__name__)
 
 BookState = Literal["live", "resyncing"]
 Levels = Iterable[tuple[float, float]]
@@ -104,3 +114,57 @@ class OrderBook:
         bids = tuple(heapq.nlargest(depth, self.bids.items()))
         asks = tuple(heapq.nsmallest(depth, self.asks.items()))
         return BookSnapshot(self.market, ts, bids, asks, self.update_id, "live")
+
+
+class TrailingBook:
+    """The trailing edge of a book throttle: one task, owned by the connector (``start`` when
+    its ``run`` begins, ``stop`` when it ends).
+
+    The throttle calls :meth:`hold` when it keeps a book back, with the time left in its
+    interval (a later call moves the deadline). When the deadline has passed, ``take()`` gives
+    the newest book, or ``None`` when it shows what was last sent, and that book goes out
+    (counted in ``sent``).
+    """
+
+    def __init__(self, name: str, take: Callable[[], BookSnapshot | None]) -> None:
+        self.name = name
+        self._take = take
+        self.sent = 0
+        self._due = 0.0
+        self._held = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, out: Outbox) -> None:
+        self._held = asyncio.Event()  # of this run's loop
+        self._task = asyncio.create_task(self._run(out), name=self.name)
+        self._task.add_done_callback(self._done)
+
+    def hold(self, left_s: float) -> None:
+        self._due = time.monotonic() + max(left_s, 0.0)
+        self._held.set()
+
+    async def stop(self, timeout_s: float = 1.0) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        _, pending = await asyncio.wait({task}, timeout=timeout_s)
+        if pending:
+            log.warning("trailing book task did not stop in time", task=self.name)
+
+    async def _run(self, out: Outbox) -> None:
+        while True:
+            await self._held.wait()
+            left = self._due - time.monotonic()
+            if left > 0:  # a later hold may have moved the deadline: look again after it
+                await asyncio.sleep(left)
+                continue
+            self._held.clear()
+            book = self._take()
+            if book is not None:
+                self.sent += 1
+                await out.put(book)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("trailing book task failed", task=self.name, error=repr(task.exception()))
