@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--since", help="--from-store: the run starting at/after (epoch ms or ISO)")
     rp.add_argument("--until", help="--from-store: stop at (epoch ms or ISO)")
     rp.add_argument("--kind", choices=("trades", "candles"), help="guessed from the columns")
+    rp.add_argument("--column", metavar="TICKER",
+                    help="a wide file of closes (Date + one column per ticker): replay this "
+                         "ticker's closes as candles")
     rp.add_argument("--market", default="replay", help="a name for the output")
     rp.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
                     help="bars to write and decide on (candles: their spacing)")
@@ -60,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         if name.startswith(("regime_", "decision_")):
             rp.add_argument("--" + name.replace("_", "-"), dest=name, metavar="V",
                             help=field.description or f"as AETHERION_{name.upper()}")
+    from aetherion.simulate import add_parser as add_simulate
+
+    add_simulate(sub)
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply the SQL migrations (AETHERION_SQL_URL)")
@@ -138,7 +144,7 @@ def _run(settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from aetherion.replay import InputError, load, replay, summary_line, write_rows
-    from aetherion.report import performance, plot
+    from aetherion.report import classification, performance, plot
 
     try:
         if args.from_store:
@@ -146,7 +152,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         elif args.input is None:
             _fail("replay: give an INPUT file, or --from-store --market ID")
         else:
-            loaded = load(args.input, args.kind)
+            loaded = load(args.input, args.kind, args.column)
             result = replay(loaded, settings, args.market, args.timeframe,
                             progress=sys.stderr.isatty())
     except InputError as e:
@@ -158,6 +164,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.store:
         asyncio.run(_store(result, settings))
     result.summary["performance"] = performance(result.rows, args.fee_bps, args.slippage_bps)
+    scored = classification(result.rows)  # None unless the input carried true_regime
+    if scored is not None:
+        result.summary["classification"] = scored
     if args.plot:
         plot(result.rows, args.plot, f"{args.market}: {result.summary['timeframe']} bars")
     print(summary_line(result.summary), flush=True)
@@ -219,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(settings)
     if args.command == "replay":
         return _replay(args, settings)
+    if args.command == "simulate":
+        from aetherion.simulate import SimulateError, run
+
+        try:
+            return run(args, settings)
+        except SimulateError as e:
+            _fail(str(e))
     return _db_upgrade(settings)
 
 

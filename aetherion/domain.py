@@ -155,6 +155,7 @@ class RegimeUpdate(msgspec.Struct, frozen=True):
     regime_raw: str  # argmax of the filtered posterior ("unknown" before a model exists)
     regime: str  # stable regime after the stability filter
     confidence: float  # filtered probability of the stable regime
+    confidence_raw: float  # filtered probability of ``regime_raw`` (0.0 while "unknown")
     probs: dict[str, float]  # bull, bear, sideways, crisis
     model_version: int | None = None
     strategy: str | None = None

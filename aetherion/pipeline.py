@@ -349,6 +349,8 @@ class LiveMarket:
             "bars": bars,
             "regime": fused.regime if fused else "unknown",
             "confidence": fused.confidence if fused else 0.0,
+            "regime_raw": fused.regime_raw if fused else "unknown",
+            "confidence_raw": fused.confidence_raw if fused else 0.0,
             "strategy": fused.strategy if fused else None,
         }
 

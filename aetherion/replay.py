@@ -6,11 +6,28 @@ from the bar after the one whose close asked for it. A replay starts from nothin
 position, no stored state) and touches no store unless ``--store`` is given.
 
 Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
-``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close, volume``. ``ts`` is
-ISO-8601 or epoch milliseconds, UTC. QuantConnect Lean / AlgoSeek files (headerless; prices in
-1/10,000 dollars; trade times in milliseconds since New York midnight, the date in the file name)
-are recognised too. Unsorted timestamps are sorted (stably) and counted; a repeated ``trade_id``
-is dropped and counted.
+``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close`` and optionally
+``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC. QuantConnect Lean /
+AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
+midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
+and counted; a repeated ``trade_id`` is dropped and counted.
+
+Close-only candles: ``ts, close`` (no ``price``/``size``) are candles with open = high = low =
+close. Features that need a range then use what the closes give: the true range is
+``|close - previous close|`` (so the ATR is the mean absolute close-to-close move) and the one-bar
+log range ``ln(high / low)`` is 0 on every bar — it carries no information there. ``column`` (the
+CLI's ``--column TICKER``) reads one column of a wide file of closes (a date column named
+``Date``, ``date`` or ``ts``, then one column per ticker): the date becomes ``ts``, the ticker's
+values ``close``, and rows where that ticker is empty are dropped.
+
+Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
+carried to the output. Each row gets that candle's value, or for trades the value of the last
+trade of the bar (by open time of the replay timeframe); without the column rows have none.
+
+Output rows: ``regime_raw`` and ``confidence_raw`` are the replay timeframe's own filtered raw
+regime at that bar and its probability (``unknown`` and 0.0 while that timeframe has no model or
+its inputs warm up); ``regime``, ``confidence`` and ``strategy`` are the fused, stable ones the
+decision used. ``exposure`` is the signed fraction of capital held after the bar's decision.
 """
 
 from __future__ import annotations
@@ -33,17 +50,21 @@ import orjson
 import polars as pl
 
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import BUY, SELL, TIMEFRAME_MS, UNKNOWN_SIDE, Bar
+from aetherion.domain import BUY, REGIMES, SELL, TIMEFRAME_MS, UNKNOWN_SIDE, Bar
 from aetherion.pipeline import ListSink, MarketPipeline
 
 __all__ = ["OUTPUT_COLUMNS", "InputError", "ReplayResult", "load", "replay"]
 
 OUTPUT_COLUMNS = (
     "ts", "open", "high", "low", "close", "volume", "atr", "volatility", "volume_delta",
-    "regime_raw", "regime", "confidence", "strategy", "action", "position",
+    "regime_raw", "confidence_raw", "regime", "confidence", "strategy", "action", "position",
+    "exposure",
 )
 TRADE_COLUMNS = ("ts", "price", "size")
 CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+RANGE_COLUMNS = ("open", "high", "low")  # candles without them are close-only
+DATE_COLUMNS = ("date", "ts")  # the date column of a wide file (``column``)
+TRUE_REGIME = "true_regime"
 CHUNK = 50_000  # trades per pipeline call
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -89,8 +110,9 @@ LEAN_BAR = re.compile(rb"^\d{8} \d\d:\d\d,")
 LEAN_TRADE = re.compile(rb"^\d+,\d+,\d+")
 
 
-def load(path: Path, kind: str | None = None) -> Loaded:
-    """Read a trades or candles file into a sorted frame with epoch-ms ``ts``."""
+def load(path: Path, kind: str | None = None, column: str | None = None) -> Loaded:
+    """Read a trades or candles file into a sorted frame with epoch-ms ``ts``; ``column``: the
+    candles of one ticker of a wide file of closes (see the module doc)."""
     data = _raw_bytes(path)
     head = data[:200]
     if LEAN_BAR.match(head):
@@ -104,23 +126,77 @@ def load(path: Path, kind: str | None = None) -> Loaded:
             df = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except Exception as e:  # polars raises several kinds for a corrupt file
         raise InputError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    if column is not None:
+        if kind == "trades":
+            raise InputError(f"{path}: --column reads candles (closes), not trades")
+        df, kind = _one_column(path, df, column), "candles"
     df = df.rename({c: c.strip().lower() for c in df.columns})
+    have = set(df.columns)
     if kind is None:
-        kind = "candles" if set(CANDLE_COLUMNS) <= set(df.columns) else "trades"
-    need = CANDLE_COLUMNS if kind == "candles" else TRADE_COLUMNS
+        close_only = "close" in have and not have & {"price", "size"}
+        kind = "candles" if set(CANDLE_COLUMNS) <= have or close_only else "trades"
+    cols = _trade_frame(path, df) if kind == "trades" else _candle_frame(path, df)
+    if TRUE_REGIME in have:
+        cols[TRUE_REGIME] = _true_regimes(path, df[TRUE_REGIME])
+    return _finish(path, pl.DataFrame(cols), kind)
+
+
+def _parsed(path: Path, df: pl.DataFrame, kind: str,
+            need: tuple[str, ...]) -> dict[str, pl.Series]:
+    """``ts`` and the numeric columns ``need[1:]``, parsed; a missing one is an InputError."""
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} for {kind} "
                          f"(has: {', '.join(df.columns)})")
-    cols: dict[str, pl.Series] = {"ts": _ts(path, df["ts"])}
-    for c in need[1:]:
-        cols[c] = _floats(path, df[c])
-    if kind == "trades":
-        cols["side"] = _sides(path, df["side"]) if "side" in df.columns else pl.Series(
-            "side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8)
-        if "trade_id" in df.columns:
-            cols["trade_id"] = df["trade_id"].cast(pl.Utf8)
-    return _finish(path, pl.DataFrame(cols), kind)
+    return {"ts": _ts(path, df["ts"]), **{c: _floats(path, df[c]) for c in need[1:]}}
+
+
+def _trade_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
+    cols = _parsed(path, df, "trades", TRADE_COLUMNS)
+    cols["side"] = _sides(path, df["side"]) if "side" in df.columns else pl.Series(
+        "side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8)
+    if "trade_id" in df.columns:
+        cols["trade_id"] = df["trade_id"].cast(pl.Utf8)
+    return cols
+
+
+def _candle_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
+    """``ts, close``; open, high and low all or none (none: each is the close); volume 0 when
+    absent."""
+    have = set(df.columns)
+    ranged = RANGE_COLUMNS if have & set(RANGE_COLUMNS) else ()
+    cols = _parsed(path, df, "candles",
+                   ("ts", *ranged, "close", *(("volume",) if "volume" in have else ())))
+    for c in RANGE_COLUMNS:
+        cols.setdefault(c, cols["close"].alias(c))
+    cols.setdefault("volume", pl.Series("volume", [0.0] * len(df), dtype=pl.Float64))
+    return cols
+
+
+def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``ts`` and ``close`` from a wide file's date column and ``column``, empty rows dropped."""
+    date = next((c for c in df.columns if c.strip().lower() in DATE_COLUMNS), None)
+    if date is None:
+        raise InputError(f"{path}: --column needs a date column named Date, date or ts "
+                         f"(has: {', '.join(df.columns)})")
+    tickers = [c for c in df.columns if c != date]
+    pick = next((c for c in tickers if c.strip() == column.strip()), None) or next(
+        (c for c in tickers if c.strip().lower() == column.strip().lower()), None)
+    if pick is None:
+        raise InputError(f"{path}: no column {column!r} (available: {', '.join(tickers)})")
+    out = df.select(pl.col(date).alias("ts"), pl.col(pick).alias("close"))
+    empty = out["close"].is_null() | (out["close"].cast(pl.Utf8).str.strip_chars() == "")
+    return out.filter(~empty)
+
+
+def _true_regimes(path: Path, s: pl.Series) -> pl.Series:
+    low = s.cast(pl.Utf8).str.strip_chars().str.to_lowercase()
+    known = low.is_in(list(REGIMES)).fill_null(False)
+    if not known.all():
+        row = int((~known).arg_max() or 0)
+        raise InputError(f"{path}: row {row + 2}, column {TRUE_REGIME}: {s[row]!r} is not one "
+                         f"of {', '.join(REGIMES)}")
+    return low.alias(TRUE_REGIME)
 
 
 def _bad_row(path: Path, col: str, original: pl.Series, parsed: pl.Series) -> InputError:
@@ -269,7 +345,8 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     elapsed = time.perf_counter() - t0
     if progress:
         sys.stderr.write("\n")
-    rows = _rows(sink, timeframe)
+    truth = _truth(df, base) if TRUE_REGIME in df.columns else None
+    rows = _rows(sink, timeframe, truth)
     trades = n if loaded.kind == "trades" else 0
     shares = Counter(r["regime"] for r in rows)
     summary = {
@@ -304,35 +381,49 @@ def _candles(df: pl.DataFrame, market: str, timeframe: str, base: int) -> list[B
             for i, t in enumerate(ts)]
 
 
-def _rows(sink: ListSink, timeframe: str) -> list[dict[str, Any]]:
+def _truth(df: pl.DataFrame, base: int) -> dict[int, str]:
+    """The true regime of each bar (open time): its candle's, or its last trade's."""
+    last = (df.select((pl.col("ts") // base * base).alias("open_time"), TRUE_REGIME)
+            .group_by("open_time", maintain_order=True).last())
+    return dict(zip(last["open_time"].to_list(), last[TRUE_REGIME].to_list(), strict=True))
+
+
+def _rows(sink: ListSink, timeframe: str,
+          truth: dict[int, str] | None = None) -> list[dict[str, Any]]:
     feats = {f.open_time: f for f in sink.features_ if f.timeframe == timeframe}
+    own = {u.open_time: u for u in sink.regimes if u.timeframe == timeframe}
     fused = {u.open_time: u for u in sink.regimes if u.timeframe == "fused"}
     decided = {d.bar_time: d for d in sink.decisions}
     rows = []
-    position = "flat"
+    position, exposure = "flat", 0.0
     for b in sink.bars:
         if b.timeframe != timeframe or b.revision:
             continue
         f, u, d = feats.get(b.open_time), fused.get(b.open_time), decided.get(b.open_time)
+        raw = own.get(b.open_time)
         if d is not None:
-            position = d.position_after
-        rows.append({
+            position, exposure = d.position_after, d.exposure
+        row: dict[str, Any] = {
             "ts": datetime.fromtimestamp(b.open_time / 1000, tz=UTC).isoformat().replace(
                 "+00:00", "Z"),
             "open": b.open, "high": b.high, "low": b.low, "close": b.close,
             "volume": b.volume,
             "atr": f.atr if f else None, "volatility": f.volatility if f else None,
             "volume_delta": f.volume_delta if f else None,
-            "regime_raw": u.regime_raw if u else "unknown",
+            "regime_raw": raw.regime_raw if raw else "unknown",
+            "confidence_raw": raw.confidence_raw if raw else 0.0,
             "regime": u.regime if u else "unknown",
             "confidence": u.confidence if u else 0.0,
             "strategy": u.strategy if u else None,
-            "action": d.action if d else "HOLD", "position": position,
+            "action": d.action if d else "HOLD", "position": position, "exposure": exposure,
             "open_time": b.open_time, "trade_count": b.trade_count,
             "model_version": u.model_version if u else None,
             "rule": d.rule if d else None, "suppressed": d.suppressed if d else None,
             "reason": d.reason if d else None,
-        })
+        }
+        if truth is not None and b.open_time in truth:
+            row[TRUE_REGIME] = truth[b.open_time]
+        rows.append(row)
     return rows
 
 

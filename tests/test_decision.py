@@ -41,7 +41,7 @@ def make_bar(i: int, close: float, tf: str = "1m", revision: int = 0) -> Bar:
 
 
 def fused(i: int, regime: str, conf: float, strategy: str | None) -> RegimeUpdate:
-    return RegimeUpdate("spy", "fused", i * MIN, regime, regime, conf, {}, 3, strategy)
+    return RegimeUpdate("spy", "fused", i * MIN, regime, regime, conf, conf, {}, 3, strategy)
 
 
 class Feed:
@@ -252,13 +252,31 @@ def test_restart_restores_position_cooldown_and_skips_decided_bars() -> None:
     f = Feed(cooldown_bars=3)
     f.run([100.0, 103.0, 103.5])  # BUY at bar 1, hold at bar 2
     st_ = f.policy.state()
-    assert st_ == PolicyState("long", 2 * MIN, 1 * MIN, 1)
+    assert st_ == PolicyState("long", 2 * MIN, 1 * MIN, 1, exposure=1.0)
     g = Feed(restored=st_, cooldown_bars=3)
     for i, c in enumerate([100.0, 103.0, 103.5]):  # the connector re-delivers after restart
         assert g.again(i, c) is None
     # the re-delivered bars warmed the price window: momentum works at once
     assert g.run([99.0, 105.0]) == ["SELL:flat", "HOLD:flat"]  # exit; then cooldown
     assert g.policy.state().bars_since_action == 1
+
+
+def test_exposure_is_the_position_level_and_part_of_the_state() -> None:
+    f = Feed(mean_bars=2)
+    assert f.step(100.0, regime="sideways").exposure == 0.0
+    ds = [f.step(c, regime="sideways") for c in (97.0, 110.0, 125.0)]
+    assert [(d.position_after, d.exposure) for d in ds] == [
+        ("long", 1.0), ("flat", 0.0), ("short", -1.0)]
+    assert f.policy.state().exposure == -1.0
+    g = Feed(restored=PolicyState("long", 0, 0, 5, exposure=1.0))
+    assert g.policy.state().exposure == 1.0  # restored before any decision
+    d = g.step(101.0)
+    assert (d.position_after, d.exposure) == ("long", 1.0)
+    for bad in (1.5, -1.01, math.nan, math.inf):
+        with pytest.raises(ValidationError, match="exposure"):
+            Decision.model_validate({**d.model_dump(), "exposure": bad})
+        with pytest.raises(ValueError, match="exposure"):
+            PolicyState("long", exposure=bad)
 
 
 def test_observe_warms_windows_without_deciding() -> None:
@@ -408,7 +426,7 @@ def test_real_spy_daily_trend_policy_under_a_volatility_crisis_gate() -> None:
         f = feats.on_bar(b)
         vol = (f.volatility or 0.0) * math.sqrt(252)
         regime = "crisis" if vol > 0.40 else "bull"
-        fz = RegimeUpdate("spy", "fused", b.open_time, regime, regime, 0.9, {}, 1,
+        fz = RegimeUpdate("spy", "fused", b.open_time, regime, regime, 0.9, 0.9, {}, 1,
                           STRATEGY_OF[regime])
         d = policy.on_bar(b, f, fz)
         assert d is not None
@@ -431,7 +449,7 @@ def test_real_spy_daily_trend_policy_under_a_volatility_crisis_gate() -> None:
     for b in bars[:3000]:
         f = fe2.on_bar(b)
         d0 = by_day[b.open_time]
-        fz = RegimeUpdate("spy", "fused", b.open_time, d0.regime, d0.regime, 0.9, {}, 1,
+        fz = RegimeUpdate("spy", "fused", b.open_time, d0.regime, d0.regime, 0.9, 0.9, {}, 1,
                           d0.strategy)
         d = p2.on_bar(b, f, fz)
         assert d is not None

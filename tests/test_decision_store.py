@@ -42,7 +42,7 @@ def feed(policy: DecisionPolicy, i: int, close: float, regime: str,
          market: str = "spy") -> Decision | None:
     b = Bar(market, "1m", i * MIN, close, close, close, close, 1.0, 0.0, 0.0, 1, True)
     strategy = "risk_off" if regime == "crisis" else "trend_long"
-    fz = RegimeUpdate(market, "fused", b.open_time, regime, regime, 0.8, {"bull": 0.8}, 2,
+    fz = RegimeUpdate(market, "fused", b.open_time, regime, regime, 0.8, 0.8, {"bull": 0.8}, 2,
                       strategy)
     return policy.on_bar(b, Features(market, "1m", b.open_time, close, atr=1.0), fz)
 
@@ -108,6 +108,27 @@ async def test_restart_restores_state_and_redelivery_stores_nothing_twice(
     got = await decision_history(engine, "spy", limit=100)
     assert [d.model_dump(exclude={"created_at"}) for d in got] == [
         d.model_dump(exclude={"created_at"}) for d in whole[::-1]]
+
+
+async def test_exposure_round_trips_and_restores(engine: AsyncEngine) -> None:
+    ds = run(DecisionPolicy("spy", CFG), 0, 3)  # BUY at 1: long from there
+    assert [d.exposure for d in ds] == [0.0, 1.0, 1.0]
+    await write_decisions(engine, ds)
+    assert [d.exposure for d in await decision_history(engine, "spy")] == [1.0, 1.0, 0.0]
+    restored = await load_policy_state(engine, "spy", "1m")
+    assert restored is not None and (restored.position, restored.exposure) == ("long", 1.0)
+    assert DecisionPolicy("spy", CFG, restored).state().exposure == 1.0
+    async with engine.begin() as conn:  # a row written before the column existed
+        await conn.execute(T.update().where(T.c.bar_time == 2 * MIN).values(
+            exposure=None, position_after="flat"))
+    (old, *_) = await decision_history(engine, "spy")
+    assert (old.position_after, old.exposure) == ("flat", 0.0)
+    async with engine.begin() as conn:
+        await conn.execute(T.update().where(T.c.bar_time == 2 * MIN).values(exposure=0.5))
+    (latest,) = await latest_decisions(engine, ["spy"])
+    assert latest.exposure == 0.5
+    restored = await load_policy_state(engine, "spy", "1m")
+    assert restored is not None and restored.exposure == 0.5  # sized, not the position's level
 
 
 async def test_latest_and_history_queries(engine: AsyncEngine) -> None:

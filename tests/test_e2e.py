@@ -172,14 +172,24 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         bad = [m for m in fused if not (m["regime"] in ("bull", "bear", "sideways", "crisis",
                                                          "unknown") and 0 <= m["confidence"] <= 1)]
         assert not bad, [(m["regime"], m["confidence"], m.get("probs")) for m in bad]
+        raw = [m for m in regimes if m["type"] == "regime" and m["regime_raw"] != "unknown"]
+        assert {m["timeframe"] for m in raw} >= {"1s", "fused"}
+        assert all(m["confidence_raw"] == m["probs"][m["regime_raw"]] for m in raw)
         models = httpx.get(f"{base}/api/regime/models", params={"market": "spy"}).json()
         assert {m["timeframe"] for m in models["models"]} == {"1s", "5s"}
         hist = httpx.get(f"{base}/api/regime/btcusdt", params={"limit": 5}).json()
         assert len(hist["regimes"]) == 5 and hist["current"]["strategy"] in (
             None, "trend_long", "trend_short", "mean_reversion", "risk_off")
+        assert {"regime_raw", "confidence_raw"} <= set(hist["current"])
+        one = httpx.get(f"{base}/api/regime/btcusdt", params={"timeframe": "1s"}).json()
+        assert one["regimes"]
+        for row in one["regimes"]:  # as the engine made them, through the store
+            assert row["confidence_raw"] == row["probs"][row["regime_raw"]], row
         latest = httpx.get(f"{base}/api/decision/latest").json()["decisions"]
         assert {d["market"] for d in latest} == {"btcusdt", "spy", "nifty"}
         assert all(d["action"] in ("BUY", "SELL", "HOLD") and d["rule"] for d in latest)
+        level = {"long": 1.0, "flat": 0.0, "short": -1.0}
+        assert all(d["exposure"] == level[d["position_after"]] for d in latest)
         assert httpx.get(f"{base}/api/decision/history",
                          params={"market": "spy", "limit": 3}).json()["decisions"]
         # decisions streamed == decisions stored (read back from the database itself)
@@ -192,7 +202,7 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         for m in streamed:
             row = rows[m["id"]]
             for k in ("action", "rule", "position_before", "position_after", "bar_time",
-                      "regime", "strategy", "price"):
+                      "regime", "strategy", "price", "exposure"):
                 assert row[k] == m[k], k
         before = stored
     # Restart: the history is still there, and the new process adds to it.

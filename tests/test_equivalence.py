@@ -46,6 +46,9 @@ def test_replay_from_store_reproduces_the_live_run(tmp_path: Path) -> None:
             fused = {row.open_time: row for row in conn.execute(text(
                 "select * from regime_state where market = :m and timeframe = 'fused'"),
                 {"m": market})}
+            own = {row.open_time: row for row in conn.execute(text(  # the replayed timeframe
+                "select * from regime_state where market = :m and timeframe = '1s'"),
+                {"m": market})}
             models = conn.execute(text("select count(*) from model_versions where market = :m "
                                        "and timeframe = '1s'"), {"m": market}).scalar()
         assert models and models >= 2, "at least one retrain happened live"
@@ -57,10 +60,13 @@ def test_replay_from_store_reproduces_the_live_run(tmp_path: Path) -> None:
         for t, row in replayed.items():
             if t not in live:
                 continue
-            d, u = live[t], fused[t]
+            d, u, o = live[t], fused[t], own.get(t)
             assert (row["action"], row["position"], row["rule"]) == (
                 d.action, d.position_after, d.rule), t
-            assert (row["regime_raw"], row["regime"]) == (u.regime_raw, u.regime), t
+            assert float(row["exposure"]) == d.exposure, t
+            assert row["regime"] == u.regime, t
+            assert (row["regime_raw"], float(row["confidence_raw"])) == (
+                (o.regime_raw, o.confidence_raw) if o else ("unknown", 0.0)), t
             assert float(row["confidence"]) == u.confidence and d.confidence == u.confidence
             assert row["strategy"] == (d.strategy or "")
             compared += 1

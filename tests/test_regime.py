@@ -170,6 +170,30 @@ def test_fusion_weights_and_transition() -> None:
                            "sideways": "mean_reversion", "crisis": "risk_off"}
 
 
+def test_confidence_raw_is_the_probability_of_the_raw_regime() -> None:
+    s = Settings(timeframes="1m,5m", regime_k=2)  # type: ignore[arg-type]
+    eng = RegimeEngine("m", ["1m", "5m"], s)
+    up, _ = eng.fuse(60_000)
+    assert (up.regime_raw, up.confidence_raw) == ("unknown", 0.0)
+    t = eng.tracks["1m"]
+    t.probs, t.last_open = p(bear=0.7, bull=0.3), 0
+    one = eng.current("1m")
+    assert one is not None and one.regime == "unknown" and one.confidence == 0.0
+    assert (one.regime_raw, one.confidence_raw) == ("bear", 0.7)
+    t.probs = p(bull=1.0)
+    eng.tracks["5m"].probs = p(bull=0.9, bear=0.1)
+    for close in (120_000, 180_000):
+        up, _ = eng.fuse(close)
+    assert up.regime == up.regime_raw == "bull"
+    # the raw fused label moves before the stable one: bear = (1 + 2*0.7)/3 = 0.8, bull 0.2
+    t.probs = p(bear=1.0)
+    eng.tracks["5m"].probs = p(bull=0.3, bear=0.7)
+    up, _ = eng.fuse(240_000)
+    assert (up.regime, up.regime_raw) == ("bull", "bear")
+    assert up.confidence == pytest.approx(0.2) and up.confidence_raw == pytest.approx(0.8)
+    assert up.confidence_raw == up.probs["bear"]
+
+
 # ---- on real history ---------------------------------------------------------------------------
 
 def share(sink: ListSink, regime: str, start: str, end: str) -> float:
@@ -188,6 +212,10 @@ def test_spy_daily_regimes_make_sense(spy_full: tuple[list[Bar], ListSink]) -> N
     fused = [u for u in sink.regimes if u.timeframe == "fused" and u.regime != "unknown"]
     assert all(u.strategy == STRATEGY_OF[u.regime] for u in fused)
     assert all(0.0 <= u.confidence <= 1.0 + 1e-12 for u in fused)
+    known = [u for u in sink.regimes if u.regime_raw != "unknown"]
+    assert {u.timeframe for u in known} == {"1d", "fused"}
+    assert all(u.confidence_raw == u.probs[u.regime_raw] == max(u.probs.values())
+               for u in known)
     years: dict[int, Counter[str]] = {}
     for u in sink.regimes:
         if u.timeframe == "fused":

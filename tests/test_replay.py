@@ -11,11 +11,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from datadir import DATA
 
-from aetherion.replay import OUTPUT_COLUMNS
+from aetherion.config import Settings
+from aetherion.replay import OUTPUT_COLUMNS, load, replay
 
 
 def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -52,11 +54,14 @@ def test_candles_csv_rows_and_summary(tmp_path: Path) -> None:
     assert sum(summary["actions"].values()) == 1500
     perf = summary["performance"]
     assert perf["execution"] == "next bar open" and perf["bars"] == 1500
-    assert set(perf["strategy"]) >= {"total_return", "annualized_volatility", "max_drawdown",
-                                     "round_trips", "hit_rate"}
+    assert set(perf["decisions"]) >= {"total_return", "annualized_volatility", "max_drawdown",
+                                      "round_trips", "hit_rate"}
+    assert "classification" not in summary and "true_regime" not in df.columns  # no truth
     assert abs(sum(summary["regime_share"].values()) - 1) < 1e-3
     assert df["ts"][0] == "1998-01-02T00:00:00Z"
     assert set(df["position"].unique()) <= {"long", "flat", "short"}
+    level = df["position"].replace_strict({"long": 1.0, "flat": 0.0, "short": -1.0})
+    assert df["exposure"].to_list() == level.to_list()
     assert set(df["regime"].unique()) - {"unknown"}  # a model was trained and used
     # the same through the original Lean zip (prices in 1/10,000 dollars, no header)
     r2 = run(DATA / "us_equities" / "daily_spy.zip", "--regime-restarts", "2")
@@ -107,6 +112,9 @@ def test_trades_unsorted_and_duplicates_counted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "expect"), [
     ("ts,price\n1,2\n", "missing column(s) size"),
+    ("ts,open,close\n1,2,3\n", "missing column(s) high, low for candles"),
+    ("ts,close,true_regime\n1700006400000,1.5,Bull\n1700092800000,1.5,up\n",
+     "row 3, column true_regime: 'up'"),
     ("ts,price,size\n1700000000000,1.5,2\n1700000000001,abc,2\n", "row 3, column price"),
     ("ts,price,size\n1700000000000,1.5,2\nnot-a-time,1.5,2\n", "row 3, column ts"),
     ("ts,price,size,side\n1700000000000,1.5,2,up\n", "row 2, column side"),
@@ -143,3 +151,93 @@ def test_store_flag_writes_bars_regimes_and_models(tmp_path: Path) -> None:
                  for t in ("market_candles", "market_features", "regime_state", "model_versions")}
     assert count["market_candles"] == count["market_features"] == 700
     assert count["regime_state"] >= 700 and count["model_versions"] >= 1
+
+
+def test_close_only_candles_carry_true_regime_to_rows_and_summary(tmp_path: Path) -> None:
+    spy = pl.read_csv(spy_daily_csv(tmp_path / "spy.csv", 700))
+    truth = ["Bull" if i % 90 < 60 else "CRISIS" for i in range(len(spy))]
+    src = tmp_path / "closes.csv"
+    spy.select("ts", "close").with_columns(true_regime=pl.Series(truth)).write_csv(src)
+    out = tmp_path / "rows.parquet"
+    r = run(src, "--out", out, "--regime-restarts", "1")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    df = pl.read_parquet(out)
+    assert summary["input_kind"] == "candles" and len(df) == 700
+    assert df["open"].to_list() == df["high"].to_list() == df["low"].to_list() \
+        == df["close"].to_list() == spy["close"].to_list()
+    assert set(df["volume"].to_list()) == {0.0}
+    closes = spy["close"].to_numpy()
+    assert df["atr"][14] == pytest.approx(np.mean(np.abs(np.diff(closes[:15]))))  # |close - prev|
+    assert df["true_regime"].to_list() == [t.lower() for t in truth]
+    known = df.filter(pl.col("regime_raw") != "unknown")
+    assert len(known) > 300 and known["confidence_raw"].is_between(0.0, 1.0).all()
+    cls = summary["classification"]
+    assert cls["bars"] == 700 and cls["per_regime"]["crisis"]["support"] == truth.count("CRISIS")
+    assert 0.0 <= cls["ece"] <= 1.0
+
+
+def test_column_of_a_wide_file(tmp_path: Path) -> None:
+    src = tmp_path / "wide.csv"
+    lines = ["Date,AAA,BBB"]
+    for i in range(300):
+        day = f"2001-{1 + i // 28:02d}-{1 + i % 28:02d}"
+        lines.append(f"{day},{100 + i % 7},{'' if i < 100 else 50 + (i % 11) * 0.5}")
+    src.write_text("\n".join(lines) + "\n")
+    r = run(src, "--column", "bbb", "--regime-restarts", "1")
+    rows = list(csv.DictReader(r.stdout.strip().splitlines()[:-1]))
+    assert len(rows) == 200 and rows[0]["ts"] == "2001-04-17T00:00:00Z"  # empty rows dropped
+    assert [float(x["close"]) for x in rows] == [50 + (i % 11) * 0.5 for i in range(100, 300)]
+    assert all(x["open"] == x["high"] == x["low"] == x["close"] for x in rows)
+    bad = run(src, "--column", "CCC", ok=False)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and bad.stdout == "" and len(err) == 1
+    assert "no column 'CCC' (available: AAA, BBB)" in err[0]
+
+
+def test_shipped_wide_file_one_ticker() -> None:
+    src = DATA / "daily" / "stocks20_close_1990_2022.csv.gz"
+    got = load(src, column="AAPL")
+    df = got.frame
+    assert got.kind == "candles" and len(df) == 8313
+    assert df["ts"][0] == 631_238_400_000 and df["close"][0] == pytest.approx(0.264)  # 1990-01-02
+    assert (df["open"] == df["close"]).all() and (df["high"] == df["low"]).all()
+    assert (df["volume"] == 0).all() and (df["close"] > 0).all()
+
+
+def test_trades_true_regime_is_the_last_trade_of_the_bar(tmp_path: Path) -> None:
+    regimes = ["bull", "Bear", "sideways", "crisis"]
+    t0, src = 1_700_000_040_000, tmp_path / "t.csv"
+    lines = ["ts,price,size,side,true_regime"]
+    for i in range(1000):  # 150 trades a minute; the label changes every 70 trades
+        lines.append(f"{t0 + i * 400},{100 + (i % 5) * 0.1},1,buy,{regimes[(i // 70) % 4]}")
+    src.write_text("\n".join(lines) + "\n")
+    res = replay(load(src), Settings(), timeframe="1m")
+    assert res.rows
+    for row in res.rows:
+        last = max(i for i in range(1000) if (t0 + i * 400) // 60_000 * 60_000
+                   == row["open_time"])
+        assert row["true_regime"] == regimes[(last // 70) % 4].lower()
+
+
+def test_rows_take_the_replay_timeframes_own_raw_regime(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 1500
+    vol = np.where((np.arange(n) // 200) % 2, 0.004, 0.001)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, vol)))
+    src = tmp_path / "m.csv"
+    pl.DataFrame({"ts": 1_700_000_040_000 + 60_000 * np.arange(n), "open": close,
+                  "high": close * (1 + vol), "low": close * (1 - vol), "close": close,
+                  "volume": np.full(n, 10.0)}).write_csv(src)
+    res = replay(load(src), Settings(regime_min_bars=50, regime_restarts=1))
+    assert res.summary["timeframe"] == "1m" and "5m" in res.summary["timeframes"]
+    own = {u.open_time: u for u in res.sink.regimes if u.timeframe == "1m"}
+    fused = {u.open_time: u for u in res.sink.regimes if u.timeframe == "fused"}
+    differ = 0
+    for row in res.rows:
+        u, fz = own.get(row["open_time"]), fused[row["open_time"]]
+        assert (row["regime_raw"], row["confidence_raw"]) == (
+            (u.regime_raw, u.confidence_raw) if u else ("unknown", 0.0))
+        assert (row["regime"], row["confidence"], row["strategy"]) == (
+            fz.regime, fz.confidence, fz.strategy)
+        differ += u is not None and row["confidence_raw"] != fz.confidence_raw
+    assert differ > 100  # the fused view is not the 1m one

@@ -52,12 +52,13 @@ async def test_state_purge_and_forever(sql_url: str) -> None:
         probs = {"bull": 1.0, "bear": 0.0, "sideways": 0.0, "crisis": 0.0}
         for t in (NOW - 40 * DAY, NOW - DAY):
             await state.write_regimes([RegimeUpdate("btc", "fused", t, "bull", "bull", 1.0,
-                                                    probs)])
+                                                    1.0, probs)])
             await state.write_transitions([Transition("btc", "fused", t, "bear", "bull", 1.0)])
             await write_decisions(state.engine, [Decision(
                 id="", market="btc", timeframe="1m", bar_time=t, action="HOLD", strategy=None,
                 regime="bull", confidence=1.0, price=1.0, rule="r", inputs={},
-                position_before="flat", position_after="flat", created_at=t)])
+                position_before="flat", position_after="flat", exposure=0.0,
+                created_at=t)])
         forever = Settings(retention_history="0")  # type: ignore[arg-type]
         assert plan(forever, NOW, STATE_TABLES) == {}
         gone = await state.purge(plan(SETTINGS, NOW, STATE_TABLES))

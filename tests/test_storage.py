@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -68,6 +69,57 @@ async def test_migrations_from_empty_and_again(sql_url: str) -> None:
     assert head == ScriptDirectory(str(migrations_dir())).get_current_head()
 
 
+async def test_migration_0002_adds_confidence_raw_and_exposure(sql_url: str) -> None:
+    """A database at 0001 with rows in it: 0002 adds the columns (NULL in the old rows), reads
+    of old rows still work, and it goes down and up again."""
+    from alembic import command
+    from alembic.config import Config
+
+    from aetherion.decision.store import decision_history, load_policy_state
+    from aetherion.storage.schema import decisions, regime_state
+
+    def to(rev: str, down: bool = False) -> Callable[[Any], None]:
+        def go(conn: Any) -> None:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(migrations_dir()))
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, rev)
+        return go
+
+    def columns(conn: Any) -> dict[str, set[str]]:
+        return {t: {c["name"] for c in inspect(conn).get_columns(t)}
+                for t in ("regime_state", "decisions")}
+
+    state = await StateStore.open(sql_url, migrate=False)
+    async with state.engine.begin() as conn:
+        await conn.run_sync(to("0001"))
+        assert "confidence_raw" not in (await conn.run_sync(columns))["regime_state"]
+        await conn.execute(regime_state.insert(), {
+            "market": "btc", "timeframe": "1m", "open_time": 0, "regime_raw": "bull",
+            "regime": "bull", "confidence": 0.9, "probs": {"bull": 0.9}, "model_version": 1,
+            "strategy": "trend_long", "contributions": None, "created_at": 5})
+        await conn.execute(decisions.insert(), {
+            "id": "btc:1m:0", "market": "btc", "timeframe": "1m", "bar_time": 0,
+            "action": "BUY", "strategy": "trend_long", "regime": "bull", "confidence": 0.9,
+            "price": 1.0, "rule": "r", "inputs": {}, "position_before": "flat",
+            "position_after": "long", "suppressed": False, "reason": None,
+            "model_version": 1, "created_at": 5})
+        await conn.run_sync(to("head"))
+        cols = await conn.run_sync(columns)
+    assert "confidence_raw" in cols["regime_state"] and "exposure" in cols["decisions"]
+    (row,) = await state.regime_history("btc", "1m", 10)
+    assert row["regime"] == "bull" and row["confidence_raw"] is None
+    (d,) = await decision_history(state.engine, "btc")
+    assert d.exposure == 1.0  # an old row held its whole position
+    restored = await load_policy_state(state.engine, "btc", "1m")
+    assert restored is not None and restored.exposure == 1.0
+    async with state.engine.begin() as conn:
+        await conn.run_sync(to("0001", down=True))
+        assert "exposure" not in (await conn.run_sync(columns))["decisions"]
+        await conn.run_sync(to("head"))
+    await state.close()
+
+
 async def test_db_upgrade_command_and_migrations_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,9 +146,25 @@ async def test_system_state_round_trip(sql_url: str) -> None:
 
 
 def regime(tf: str, t: int, label: str, conf: float = 0.8) -> RegimeUpdate:
-    return RegimeUpdate("btc", tf, t, label, label, conf,
+    return RegimeUpdate("btc", tf, t, label, label, conf, conf,
                         {"bull": conf, "bear": 1 - conf, "sideways": 0.0, "crisis": 0.0}, 3,
                         "trend_long", {"1m": {"bull": 1.0}} if tf == "fused" else None)
+
+
+async def test_confidence_raw_round_trip(sql_url: str) -> None:
+    state = await StateStore.open(sql_url)
+    probs = {"bull": 0.3, "bear": 0.55, "sideways": 0.15, "crisis": 0.0}
+    await state.write_regimes([
+        RegimeUpdate("btc", "1m", 0, "bear", "bull", 0.3, 0.55, probs, 1, "trend_long"),
+        RegimeUpdate("btc", "fused", 0, "bear", "bull", 0.3, float("nan"), probs, 1,
+                     "trend_long", {"1m": {"weight": 1.0}}),
+    ])
+    (one,) = await state.regime_history("btc", "1m", 10)
+    assert (one["regime_raw"], one["confidence_raw"], one["confidence"]) == ("bear", 0.55, 0.3)
+    latest = await state.latest_regimes("btc")
+    assert latest["1m"]["confidence_raw"] == 0.55
+    assert latest["fused"]["confidence_raw"] is None  # not finite: stored as null
+    await state.close()
 
 
 async def test_regimes_idempotent_history_and_latest(sql_url: str) -> None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, WebSocket
 
 from aetherion.api.market import serve_stream
 from aetherion.api.params import HistoryDep, market_of
+from aetherion.api.schemas import DecisionsOut
 from aetherion.decision.store import decision_history, latest_decisions
 from aetherion.pipeline import Runtime
 
@@ -22,7 +23,7 @@ def _rt(request: Request) -> Runtime:
     return rt
 
 
-@router.get("/latest")
+@router.get("/latest", response_model=DecisionsOut)
 async def latest(
     request: Request,
     market: Annotated[str | None, Query(description="a market id; every market when absent")]
@@ -34,7 +35,7 @@ async def latest(
     return {"decisions": [d.model_dump(mode="json") for d in rows]}
 
 
-@router.get("/history")
+@router.get("/history", response_model=DecisionsOut)
 async def history(
     request: Request, h: HistoryDep,
     market: Annotated[str | None, Query(description="a market id; all when absent")] = None,

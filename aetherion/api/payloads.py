@@ -51,7 +51,8 @@ def regime_json(u: RegimeUpdate) -> dict[str, Any]:
     return {
         "market": u.market, "timeframe": u.timeframe, "open_time": u.open_time,
         "regime_raw": u.regime_raw, "regime": u.regime, "confidence": u.confidence,
-        "probs": u.probs, "model_version": u.model_version, "strategy": u.strategy,
+        "confidence_raw": u.confidence_raw, "probs": u.probs,
+        "model_version": u.model_version, "strategy": u.strategy,
         "contributions": u.contributions,
     }
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
 
 from aetherion.api.market import serve_stream
 from aetherion.api.params import HistoryDep, MarketDep, market_of
+from aetherion.api.schemas import RegimeHistoryOut
 from aetherion.pipeline import Runtime
 
 __all__ = ["router", "ws_router"]
@@ -37,19 +38,22 @@ async def models(
     return {"models": [asdict(m) for m in rows]}
 
 
-@router.get("/{market}")
+@router.get("/{market}", response_model=RegimeHistoryOut)
 async def regime_history(
     request: Request, m: MarketDep, h: HistoryDep,
     timeframe: Annotated[str, Query(description="'fused' or a configured timeframe")] = "fused",
 ) -> dict[str, Any]:
-    """Stored regime rows (newest first) and the current fused regime from memory."""
+    """Stored regime rows (newest first) and the current fused regime from memory.
+    ``confidence`` is the probability of the stable ``regime``, ``confidence_raw`` that of
+    ``regime_raw`` (the most probable regime at that bar)."""
     rt = _rt(request)
     if timeframe != "fused" and timeframe not in rt.settings.timeframes:
         raise HTTPException(422, f"timeframe must be 'fused' or one of "
                                  f"{', '.join(rt.settings.timeframes)}")
     rows = await rt.state.regime_history(m.id, timeframe, h.limit, h.since, h.until)
     snap = rt.markets[m.id].snapshot()
-    current = {k: snap[k] for k in ("regime", "confidence", "strategy")}
+    current = {k: snap[k] for k in ("regime", "confidence", "regime_raw", "confidence_raw",
+                                    "strategy")}
     return {"market": m.id, "timeframe": timeframe, "current": current, "regimes": rows}
 
 

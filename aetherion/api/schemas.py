@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from aetherion.decision.model import Decision
+
 __all__ = [
-    "BarOut", "CandlesOut", "FeaturesOut", "FeaturesRowOut", "LatencyOut", "MarketStatusOut",
-    "OrderbookOut", "SnapshotOut", "StatusOut", "TradeOut", "TradesOut",
+    "BarOut", "CandlesOut", "DecisionsOut", "FeaturesOut", "FeaturesRowOut", "LatencyOut",
+    "MarketStatusOut", "OrderbookOut", "RegimeCurrentOut", "RegimeHistoryOut", "RegimeRowOut",
+    "SnapshotOut", "StatusOut", "TradeOut", "TradesOut",
 ]
 
 
@@ -89,7 +92,47 @@ class SnapshotOut(BaseModel):
     bars: dict[str, BarOut | None]
     regime: str
     confidence: float | None
+    regime_raw: str
+    confidence_raw: float | None
     strategy: str | None
+
+
+class RegimeRowOut(BaseModel):
+    """A stored ``regime_state`` row. ``confidence`` is the probability of ``regime`` (the
+    stable one), ``confidence_raw`` that of ``regime_raw`` (null in rows stored before it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    market: str
+    timeframe: str
+    open_time: int
+    regime_raw: str
+    regime: str
+    confidence: float | None
+    confidence_raw: float | None
+    probs: dict[str, float | None]
+    model_version: int | None
+    strategy: str | None
+    contributions: dict[str, dict[str, float | None]] | None
+
+
+class RegimeCurrentOut(BaseModel):
+    regime: str
+    confidence: float | None
+    regime_raw: str
+    confidence_raw: float | None
+    strategy: str | None
+
+
+class RegimeHistoryOut(BaseModel):
+    market: str
+    timeframe: str
+    current: RegimeCurrentOut
+    regimes: list[RegimeRowOut]
+
+
+class DecisionsOut(BaseModel):
+    decisions: list[Decision]
 
 
 class LatencyOut(BaseModel):

@@ -9,14 +9,16 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "ACTIONS", "POSITIONS", "Action", "Decision", "Inputs", "PolicyState", "Position",
-    "decision_id",
+    "ACTIONS", "POSITIONS", "POSITION_LEVEL", "Action", "Decision", "Inputs", "PolicyState",
+    "Position", "decision_id",
 ]
 
 Action = Literal["BUY", "SELL", "HOLD"]
 Position = Literal["long", "flat", "short"]
 ACTIONS: Final = ("BUY", "SELL", "HOLD")
 POSITIONS: Final = ("long", "flat", "short")
+#: A whole position as a signed level (an exposure of all the capital).
+POSITION_LEVEL: Final[dict[str, int]] = {"short": -1, "flat": 0, "long": 1}
 Inputs = dict[str, float | int | str | bool | None]
 
 TEXT_MAX = 255  # the rule and reason columns
@@ -49,6 +51,8 @@ class Decision(BaseModel):
     inputs: Inputs
     position_before: Position
     position_after: Position
+    #: the signed fraction of capital held after this bar: -1 (all short) .. 0 .. 1 (all long)
+    exposure: float = Field(ge=-1.0, le=1.0, allow_inf_nan=False)
     suppressed: bool = False  # a signal that the gates or the cooldown refused
     reason: str | None = None
     model_version: int | None = None
@@ -94,7 +98,10 @@ class PolicyState:
     last_bar_time: int | None = None  # newest decided bar: it and older ones are not re-decided
     last_action_time: int | None = None  # bar of the newest BUY or SELL
     bars_since_action: int | None = None  # bars decided after that one (None: no action yet)
+    exposure: float = 0.0  # the signed fraction of capital held, -1..1
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, not {self.position!r}")
+        if not (math.isfinite(self.exposure) and -1.0 <= self.exposure <= 1.0):
+            raise ValueError(f"exposure must be finite and within [-1, 1], not {self.exposure!r}")

@@ -10,8 +10,9 @@ Synchronous and free of I/O, O(window) per bar with fixed windows. Each bar runs
    minimum fused confidence and an elapsed cooldown; a step towards flat is never held back.
 
 The position moves one step per action (``BUY``: short → flat → long, ``SELL`` the other way).
-A signal the limits or gates refused is a ``HOLD`` with ``suppressed`` and the reason. Rules and
-defaults: ``docs/decision.md``.
+A signal the limits or gates refused is a ``HOLD`` with ``suppressed`` and the reason. Every
+decision carries ``exposure``, the signed fraction of capital held after the bar; for now it is the
+position's level (-1, 0 or 1). Rules and defaults: ``docs/decision.md``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,21 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from aetherion.decision.config import DecisionConfig
-from aetherion.decision.model import Action, Decision, Inputs, PolicyState, Position
+from aetherion.decision.model import (
+    POSITION_LEVEL,
+    Action,
+    Decision,
+    Inputs,
+    PolicyState,
+    Position,
+)
 from aetherion.domain import Bar, Features, RegimeUpdate
 
 __all__ = ["DecisionPolicy"]
 
 log = logging.getLogger(__name__)
 
-_LEVEL: Final[dict[str, int]] = {"short": -1, "flat": 0, "long": 1}
+_LEVEL: Final = POSITION_LEVEL
 _NAME: Final[dict[int, Position]] = {-1: "short", 0: "flat", 1: "long"}
 _ACTION: Final[dict[int, Action]] = {1: "BUY", 0: "HOLD", -1: "SELL"}
 #: The positions each strategy may hold (lowest, highest); anything else: both ways.
@@ -66,6 +74,7 @@ class DecisionPolicy:
         self.market, self.cfg, self.timeframe = market, cfg, cfg.timeframe
         s = restored or PolicyState()
         self.position = _LEVEL[s.position]
+        self.exposure = s.exposure  # for now the position's level; sizing will refine it
         self.last_bar_time = s.last_bar_time
         self.last_action_time = s.last_action_time
         self.bars_since_action = s.bars_since_action
@@ -76,7 +85,7 @@ class DecisionPolicy:
 
     def state(self) -> PolicyState:
         return PolicyState(_NAME[self.position], self.last_bar_time, self.last_action_time,
-                           self.bars_since_action)
+                           self.bars_since_action, self.exposure)
 
     @property
     def cooldown_left(self) -> int:
@@ -217,13 +226,13 @@ class DecisionPolicy:
             inputs.update(min_confidence=self.cfg.min_confidence,
                           cooldown_bars=self.cfg.cooldown_bars,
                           bars_since_action=self.bars_since_action)
-        self.position, self.last_bar_time = after, bar.open_time
+        self.position, self.last_bar_time, self.exposure = after, bar.open_time, float(after)
         if step:
             self.last_action_time, self.bars_since_action = bar.open_time, 0
         return Decision(
             id="", market=self.market, timeframe=self.timeframe, bar_time=bar.open_time,
             action=_ACTION[step], strategy=fused.strategy, regime=fused.regime,
             confidence=fused.confidence, price=bar.close, rule=rule, inputs=inputs,
-            position_before=_NAME[before], position_after=_NAME[after],
+            position_before=_NAME[before], position_after=_NAME[after], exposure=self.exposure,
             suppressed=after == before and wanted != before, reason=reason,
             model_version=fused.model_version, created_at=_now_ms())

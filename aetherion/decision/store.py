@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from aetherion.decision.model import ACTIONS, Decision, PolicyState
+from aetherion.decision.model import ACTIONS, POSITION_LEVEL, Decision, PolicyState
 from aetherion.storage.schema import decisions as T
 from aetherion.storage.sql import insert_ignore
 
@@ -47,8 +47,8 @@ async def load_policy_state(engine: AsyncEngine, market: str,
     """The policy state after the newest stored decision of ``market`` on ``timeframe``."""
     key = and_(T.c.market == market, T.c.timeframe == timeframe)
     async with engine.connect() as conn:
-        last = (await conn.execute(select(T.c.bar_time, T.c.position_after).where(key)
-                                   .order_by(T.c.bar_time.desc()).limit(1))).first()
+        last = (await conn.execute(select(T.c.bar_time, T.c.position_after, T.c.exposure)
+                                   .where(key).order_by(T.c.bar_time.desc()).limit(1))).first()
         if last is None:
             return None
         acted = (await conn.execute(select(func.max(T.c.bar_time))
@@ -59,16 +59,27 @@ async def load_policy_state(engine: AsyncEngine, market: str,
                                         .where(key, T.c.bar_time > acted))).scalar_one()
     return PolicyState(position=last.position_after, last_bar_time=int(last.bar_time),
                        last_action_time=None if acted is None else int(acted),
-                       bars_since_action=None if since is None else int(since))
+                       bars_since_action=None if since is None else int(since),
+                       exposure=_exposure(last.exposure, last.position_after))
+
+
+def _exposure(stored: float | None, position: str) -> float:
+    """A row's exposure; a row stored before the column existed held its whole position."""
+    return float(POSITION_LEVEL[position]) if stored is None else float(stored)
 
 
 _FIELDS = tuple(Decision.model_fields)
 
 
-async def _fetch(conn: AsyncConnection, q: Select[Any]) -> list[Decision]:
+def _decision(row: Any) -> Decision:
     # only the model's fields: a column added to the table later does not break reading
-    return [Decision.model_validate({k: r._mapping[k] for k in _FIELDS})
-            for r in await conn.execute(q)]
+    d = {k: row[k] for k in _FIELDS}
+    d["exposure"] = _exposure(d["exposure"], d["position_after"])
+    return Decision.model_validate(d)
+
+
+async def _fetch(conn: AsyncConnection, q: Select[Any]) -> list[Decision]:
+    return [_decision(r._mapping) for r in await conn.execute(q)]
 
 
 async def latest_decisions(engine: AsyncEngine,

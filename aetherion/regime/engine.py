@@ -143,7 +143,8 @@ class RegimeEngine:
         probs, stable = t.probs, t.stability.stable
         raw = max(REGIMES, key=probs.__getitem__)
         return RegimeUpdate(self.market, timeframe, t.last_open, raw, stable,
-                            probs.get(stable, 0.0), probs, t.version, STRATEGY_OF.get(stable))
+                            probs.get(stable, 0.0), probs[raw], probs, t.version,
+                            STRATEGY_OF.get(stable))
 
     def end_warm_up(self) -> None:
         """After history warm-up: ask for a first model where there is none."""
@@ -260,7 +261,7 @@ class RegimeEngine:
         open_time = close_time - self.finest_ms
         finest = self.tracks[self.timeframes[0]]
         if not total:
-            upd = RegimeUpdate(self.market, "fused", open_time, UNKNOWN, UNKNOWN, 0.0,
+            upd = RegimeUpdate(self.market, "fused", open_time, UNKNOWN, UNKNOWN, 0.0, 0.0,
                                dict.fromkeys(REGIMES, 0.0), None, None, {})
             self.last_fused = upd
             return upd, None
@@ -278,7 +279,7 @@ class RegimeEngine:
         stable = self.fused.stable
         strategy = STRATEGY_OF.get(stable)
         upd = RegimeUpdate(self.market, "fused", open_time, raw, stable, probs.get(stable, 0.0),
-                           probs, finest.version or None, strategy, contributions)
+                           probs[raw], probs, finest.version or None, strategy, contributions)
         self.last_fused = upd
         transition = None
         if changed:

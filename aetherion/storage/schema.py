@@ -58,6 +58,7 @@ regime_state = Table(
     Column("strategy", String(SHORT), nullable=True),
     Column("contributions", JSON, nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    Column("confidence_raw", Double, nullable=True),  # 0002; NULL in older rows
     UniqueConstraint("market", "timeframe", "open_time", name="uq_regime_state_key"),
 )
 
@@ -113,6 +114,7 @@ decisions = Table(
     Column("reason", String(255), nullable=True),
     Column("model_version", Integer, nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    Column("exposure", Double, nullable=True),  # 0002; NULL in older rows
     UniqueConstraint("market", "timeframe", "bar_time", name="uq_decisions_bar"),
     Index("ix_decisions_market_bar_time", "market", "bar_time"),
     Index("ix_decisions_created_at", "created_at"),

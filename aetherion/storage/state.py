@@ -66,6 +66,7 @@ class StateStore:
         rows = [{
             "market": u.market, "timeframe": u.timeframe, "open_time": u.open_time,
             "regime_raw": u.regime_raw, "regime": u.regime, "confidence": finite(u.confidence),
+            "confidence_raw": finite(u.confidence_raw),
             "probs": {k: finite(v) for k, v in u.probs.items()},
             "model_version": u.model_version, "strategy": u.strategy,
             "contributions": dict(u.contributions) if u.contributions else None,
