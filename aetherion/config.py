@@ -92,11 +92,19 @@ class Settings(BaseSettings):
     bar_grace_ms: int = Field(default=500, ge=0, le=60_000)
 
     # regime model (docs/regime.md)
-    regime_window: int = Field(default=500, ge=50, le=500, description="training window, bars")
-    regime_min_bars: int = Field(default=200, ge=50, le=500,
+    regime_window: int = Field(default=2000, ge=100, le=20_000,
+                               description="bars EM is fitted on (the newest)")
+    regime_memory: int = Field(default=20_000, ge=100, le=200_000,
+                               description="bars kept per timeframe for the long-run scale")
+    regime_min_bars: int = Field(default=200, ge=50, le=20_000,
                                  description="valid bars before the first model")
     regime_retrain_bars: int = Field(default=250, ge=1, description="bars between retrains")
-    regime_restarts: int = Field(default=4, ge=1, le=50)
+    regime_stay_bars: float = Field(default=200.0, ge=2.0, le=1e6,
+                                    description="expected stay in a regime, bars")
+    regime_crisis_ratio: float = Field(
+        default=2.0, gt=1.0, le=100.0,
+        description="crisis: volatility at least this many times the long-run typical level")
+    regime_restarts: int = Field(default=1, ge=1, le=50)
     regime_n_iter: int = Field(default=100, ge=5, le=10_000)
     regime_seed: int = 7
     regime_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
@@ -111,7 +119,14 @@ class Settings(BaseSettings):
                                         description="bars after a BUY/SELL before a new entry")
     decision_timeframe: str | None = Field(default=None,
                                            description="deciding timeframe; unset: the finest")
-    decision_allow_short: bool = True
+    decision_allow_short: bool = False
+    decision_rules: Literal["hold", "signals"] = Field(
+        default="hold", description="hold: strategies hold their direction; signals: ATR rules")
+    decision_size_by_volatility: bool = True
+    decision_vol_bars: int = Field(default=20, ge=2, le=10_000)
+    decision_vol_halflife_bars: int = Field(default=500, ge=1, le=1_000_000)
+    decision_size_step: float = Field(default=0.25, gt=0.0, le=1.0)
+    decision_min_change: float = Field(default=0.5, ge=0.0, le=2.0)
     decision_momentum_bars: int = Field(default=20, ge=1, le=10_000)
     decision_trend_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
     decision_trend_exit_atr: float = Field(default=0.0, ge=-1000.0, le=1000.0)

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import math
+import random
 import zipfile
 from types import SimpleNamespace
 
@@ -49,7 +50,8 @@ class Feed:
 
     def __init__(self, restored: PolicyState | None = None, **cfg: object) -> None:
         base: dict[str, object] = {"momentum_bars": 1, "mean_bars": 2, "cooldown_bars": 0,
-                                   "min_confidence": 0.5}
+                                   "min_confidence": 0.5, "rules": "signals",
+                                   "allow_short": True, "size_by_volatility": False}
         self.cfg = DecisionConfig.model_validate({**base, **cfg}).resolved(["1m", "5m"])
         self.policy = DecisionPolicy("spy", self.cfg, restored)
         self.i = 0 if restored is None or restored.last_bar_time is None else (
@@ -321,11 +323,12 @@ def test_config_defaults_and_validation() -> None:
     assert default_timeframe(["1h", "1s", "5m", "1m"]) == "1m"
     assert default_timeframe(["15m", "1h"]) == "15m"
     c = DecisionConfig.from_settings(Settings(timeframes=("5s", "5m", "1h")))
-    assert (c.timeframe, c.min_confidence, c.cooldown_bars, c.allow_short) == ("5m", 0.6, 5, True)
+    assert (c.timeframe, c.min_confidence, c.cooldown_bars, c.allow_short) == ("5m", 0.6, 5, False)
+    assert (c.rules, c.size_by_volatility, c.size_step, c.min_change) == ("hold", True, 0.25, 0.5)
     ns = SimpleNamespace(timeframes=("1m", "5m"), decision_timeframe="5m",
-                         decision_allow_short=False, decision_min_confidence=0.8)
+                         decision_allow_short=True, decision_min_confidence=0.8)
     c = DecisionConfig.from_settings(ns)
-    assert (c.timeframe, c.allow_short, c.min_confidence) == ("5m", False, 0.8)
+    assert (c.timeframe, c.allow_short, c.min_confidence) == ("5m", True, 0.8)
     assert DecisionConfig(timeframe="").resolved(["1s", "1h"]).timeframe == "1h"
     with pytest.raises(ValueError, match="not among the configured"):
         DecisionConfig(timeframe="1h").resolved(["1m"])
@@ -351,37 +354,44 @@ _events = st.lists(st.tuples(
 
 
 def check_step(d: Decision, before: str, fz: RegimeUpdate, cfg: DecisionConfig,
-               since_action: int | None) -> None:
-    """The invariants one decision must satisfy."""
+               since_action: int | None, held: float) -> None:
+    """The invariants one decision must satisfy (``held``: the exposure before it)."""
     b, a = LEVEL[d.position_before], LEVEL[d.position_after]
-    assert d.position_before == before
-    assert a - b == {"BUY": 1, "SELL": -1, "HOLD": 0}[d.action]
+    assert d.position_before == before and abs(a - b) <= 1
+    move = (d.exposure > held) - (d.exposure < held)
+    assert move == {"BUY": 1, "SELL": -1, "HOLD": 0}[d.action]
+    assert (d.exposure > 0) - (d.exposure < 0) == a  # the exposure's sign is the position
     gated = fz.regime in ("crisis", "unknown") or fz.confidence < cfg.min_confidence
     if gated:
-        assert abs(a) <= abs(b)  # never grows
+        assert abs(d.exposure) <= abs(held)  # never grows
     if fz.regime == "crisis" or fz.strategy == "risk_off":
-        assert a == 0
-    if b == 0 and a != 0:  # opened
+        assert a == 0 and d.exposure == 0
+    if abs(d.exposure) > abs(held) or (b == 0 and a != 0):  # opened or grew
         assert since_action is None or since_action > cfg.cooldown_bars
     if not cfg.allow_short:
         assert a >= 0 or b < 0
-    if fz.strategy == "trend_long" and b >= 0:
+    if cfg.rules == "signals" and fz.strategy == "trend_long" and b >= 0:
         assert a >= 0
-    if fz.strategy == "trend_short" and b <= 0:
+    if cfg.rules == "signals" and fz.strategy == "trend_short" and b <= 0:
         assert a <= 0
+    if cfg.size_by_volatility:
+        steps = abs(d.exposure) / cfg.size_step
+        assert abs(steps - round(steps)) < 1e-9
     if d.suppressed:
         assert d.action == "HOLD" and d.reason and d.reason.startswith("suppressed")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(events=_events, cooldown=st.integers(0, 4), n=st.integers(1, 5), m=st.integers(2, 5),
-       allow_short=st.booleans(), min_conf=st.floats(0.0, 1.0))
+       allow_short=st.booleans(), min_conf=st.floats(0.0, 1.0),
+       rules=st.sampled_from(["hold", "signals"]), sized=st.booleans())
 def test_position_invariants_over_random_streams(
         events: list[tuple[float, float | None, str, float, object, bool]], cooldown: int,
-        n: int, m: int, allow_short: bool, min_conf: float) -> None:
+        n: int, m: int, allow_short: bool, min_conf: float, rules: str, sized: bool) -> None:
     f = Feed(cooldown_bars=cooldown, momentum_bars=n, mean_bars=m, allow_short=allow_short,
-             min_confidence=min_conf)
-    close, position, since = 100.0, "flat", None
+             min_confidence=min_conf, rules=rules, size_by_volatility=sized, vol_bars=3,
+             vol_halflife_bars=5)
+    close, position, since, held = 100.0, "flat", None, 0.0
     decided = 0
     for move, atr, regime, conf, strat, redeliver in events:
         if redeliver and f.i > 0:  # the previous bar again: never a second decision
@@ -391,8 +401,8 @@ def test_position_invariants_over_random_streams(
         fz = fused(f.i, regime, conf, strategy)  # type: ignore[arg-type]
         d = f.step(close, regime, conf, strategy, atr)  # type: ignore[arg-type]
         decided += 1
-        check_step(d, position, fz, f.cfg, None if since is None else since + 1)
-        position = d.position_after
+        check_step(d, position, fz, f.cfg, None if since is None else since + 1, held)
+        position, held = d.position_after, d.exposure
         since = 0 if d.action != "HOLD" else (None if since is None else since + 1)
         assert f.policy.state().position == position
     assert f.policy.state().last_bar_time == (decided - 1) * MIN
@@ -419,9 +429,10 @@ def test_real_spy_daily_trend_policy_under_a_volatility_crisis_gate() -> None:
     is above 40% (a plain stand-in for the regime model). The policy must be flat through the
     2008 and 2020 crashes and hold every invariant on real prices."""
     bars = spy_daily()
-    cfg = DecisionConfig(timeframe="1d", momentum_bars=20, cooldown_bars=5)
+    cfg = DecisionConfig(timeframe="1d", momentum_bars=20, cooldown_bars=5, rules="signals",
+                         allow_short=True, size_by_volatility=False)
     policy, feats = DecisionPolicy("spy", cfg), FeatureEngine("spy", "1d", vol_window=21)
-    position, since, by_day = "flat", None, {}
+    position, since, by_day, held = "flat", None, {}, 0.0
     for b in bars:
         f = feats.on_bar(b)
         vol = (f.volatility or 0.0) * math.sqrt(252)
@@ -430,8 +441,8 @@ def test_real_spy_daily_trend_policy_under_a_volatility_crisis_gate() -> None:
                           STRATEGY_OF[regime])
         d = policy.on_bar(b, f, fz)
         assert d is not None
-        check_step(d, position, fz, cfg, None if since is None else since + 1)
-        position = d.position_after
+        check_step(d, position, fz, cfg, None if since is None else since + 1, held)
+        position, held = d.position_after, d.exposure
         since = 0 if d.action != "HOLD" else (None if since is None else since + 1)
         by_day[d.bar_time] = d
 
@@ -454,3 +465,56 @@ def test_real_spy_daily_trend_policy_under_a_volatility_crisis_gate() -> None:
         d = p2.on_bar(b, f, fz)
         assert d is not None
         assert d.model_dump(exclude={"created_at"}) == d0.model_dump(exclude={"created_at"})
+
+
+# ---- the default: hold, sized by volatility ----------------------------------------------------
+
+def sized_feed(**cfg: object) -> Feed:
+    return Feed(rules="hold", allow_short=False, size_by_volatility=True, vol_bars=20,
+                vol_halflife_bars=200, **cfg)
+
+
+def walk(rng: random.Random, close: float, vol: float, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        close *= math.exp(rng.gauss(0.0, vol))
+        out.append(close)
+    return out
+
+
+def test_default_holds_long_sizes_down_when_volatility_rises_and_is_flat_in_crisis() -> None:
+    rng = random.Random(3)
+    f = sized_feed()
+    calm = walk(rng, 100.0, 0.01, 300)
+    ds = [f.step(c, "bull") for c in calm]
+    assert ds[0].action == "BUY" and ds[0].rule == "trend_long.hold" and ds[0].exposure == 1.0
+    assert all(d.exposure == 1.0 for d in ds[-50:])  # calm: the long-run level, full size
+    wild = walk(rng, calm[-1], 0.04, 60)  # 4x the volatility: a quarter, held at a half
+    ds = [f.step(c, "sideways") for c in wild]
+    assert ds[-1].exposure == 0.5 and ds[-1].position_after == "long"  # 0.25 is too small a move
+    resized = [d for d in ds if d.action == "SELL"]
+    assert resized and all("resized" in (d.reason or "") for d in resized)
+    assert all(abs(d.exposure - p.exposure) >= 0.5 for p, d in zip(ds, ds[1:], strict=False)
+               if d.action != "HOLD")  # a resize moves half the capital or more
+    d = f.step(wild[-1], "crisis", strategy="risk_off")
+    assert (d.action, d.exposure, d.rule) == ("SELL", 0.0, "crisis.exit")
+    d = f.step(wild[-1], "bear")  # bear with shorts off: the long book holds through it
+    assert d.action == "BUY" and d.rule == "trend_short.hold" and 0 < d.exposure <= 0.5
+    assert "volatility" in d.inputs and "long_run_volatility" in d.inputs
+
+
+def test_a_larger_size_is_gated_like_an_opening_a_smaller_one_never() -> None:
+    rng = random.Random(5)
+    f = sized_feed(min_confidence=0.7)
+    for c in walk(rng, 100.0, 0.04, 100):  # a volatile start sets the long-run level high
+        f.step(c, "bull")
+    for c in walk(rng, 100.0, 0.12, 40):  # three times that: a small size
+        d = f.step(c, "bull")
+    small = d.exposure
+    assert small <= 0.5
+    for c in walk(rng, d.price, 0.01, 60):  # calm again, but the model is unsure
+        d = f.step(c, "bull", conf=0.5)
+        assert d.exposure == small
+    assert "no resize" in (d.reason or "") and "confidence" in (d.reason or "")
+    d = f.step(d.price, "bull", conf=0.9)
+    assert d.action == "BUY" and d.exposure > small

@@ -24,7 +24,8 @@ from aetherion.storage.schema import decisions as T
 from aetherion.storage.sql import make_engine
 
 MIN = 60_000
-CFG = DecisionConfig(momentum_bars=1, cooldown_bars=2, min_confidence=0.5).resolved(["1m"])
+CFG = DecisionConfig(momentum_bars=1, cooldown_bars=2, min_confidence=0.5, rules="signals",
+                     allow_short=True, size_by_volatility=False).resolved(["1m"])
 # closes of one market with a regime each: BUY at 1, exit at 3, opens held by the cooldown
 SCRIPT = [(100.0, "bull"), (103.0, "bull"), (103.5, "bull"), (99.0, "bull"), (102.0, "bull"),
           (104.5, "bull"), (108.0, "bull"), (109.0, "crisis"), (111.0, "bull")]

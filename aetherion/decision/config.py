@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,7 +33,18 @@ class DecisionConfig(BaseModel):
                                description="bars after a BUY/SELL in which nothing opens")
     timeframe: str | None = Field(default=None,
                                   description="deciding timeframe; None: default_timeframe()")
-    allow_short: bool = True
+    allow_short: bool = Field(default=False, description="shorts lost money on every series")
+    rules: Literal["hold", "signals"] = Field(
+        default="hold", description="hold: every strategy but risk_off holds its direction "
+        "(long, or short for trend_short when shorts are allowed); signals: the ATR rules")
+    size_by_volatility: bool = Field(default=True, description=(
+        "exposure = min(1, long-run volatility / recent volatility), in steps of size_step"))
+    vol_bars: int = Field(default=20, ge=2, le=10_000, description="recent volatility window")
+    vol_halflife_bars: int = Field(default=500, ge=1, le=1_000_000,
+                                   description="half-life of the long-run volatility level")
+    size_step: float = Field(default=0.25, gt=0.0, le=1.0, description="exposure steps")
+    min_change: float = Field(default=0.5, ge=0.0, le=2.0, description=(
+        "smallest resize of a held position (entries and exits always go)"))
     momentum_bars: int = Field(default=20, ge=1, le=10_000,
                                description="trend: momentum = close_t - close_{t-N}")
     trend_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)

@@ -11,8 +11,11 @@ Synchronous and free of I/O, O(window) per bar with fixed windows. Each bar runs
 
 The position moves one step per action (``BUY``: short → flat → long, ``SELL`` the other way).
 A signal the limits or gates refused is a ``HOLD`` with ``suppressed`` and the reason. Every
-decision carries ``exposure``, the signed fraction of capital held after the bar; for now it is the
-position's level (-1, 0 or 1). Rules and defaults: ``docs/decision.md``.
+decision carries ``exposure``, the signed fraction of capital held after the bar: the position's
+direction times its size, which (``size_by_volatility``) is min(1, long-run volatility / recent
+volatility) in steps of ``size_step``; a held position is resized only by ``min_change`` or more,
+a larger size is gated like an opening, a smaller one never. Rules and defaults, and the evidence
+for them: ``docs/decision.md``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,42 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Sizer:
+    """Recent volatility (sample std of the last ``n`` log returns) against its long-run level
+    (an exponential average of its log, half-life ``halflife`` bars): both from closes only, so
+    history bars warm it up like live ones."""
+
+    def __init__(self, n: int, halflife: int) -> None:
+        self.returns: deque[float] = deque(maxlen=n)
+        self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        self.prev: float | None = None
+        self.vol: float | None = None
+        self.level: float | None = None  # log of the long-run volatility
+
+    def update(self, close: float) -> None:
+        if self.prev is not None:
+            self.returns.append(math.log(close / self.prev))
+        self.prev = close
+        r = self.returns
+        if len(r) < (r.maxlen or 0):
+            return
+        mean = math.fsum(r) / len(r)
+        vol = math.sqrt(math.fsum((x - mean) ** 2 for x in r) / (len(r) - 1))
+        if vol <= 0:
+            return
+        self.vol = vol
+        lv = math.log(vol)
+        self.level = lv if self.level is None else self.level + self.alpha * (lv - self.level)
+
+    def size(self, step: float) -> float:
+        """min(1, long-run / recent volatility) rounded to ``step`` (at least one step); 1 while
+        warming up."""
+        if self.vol is None or self.level is None:
+            return 1.0
+        raw = min(1.0, math.exp(self.level) / self.vol)
+        return max(step, min(1.0, round(raw / step) * step))
+
+
 class DecisionPolicy:
     """The policy of one market on its deciding timeframe (``cfg.timeframe``, resolved)."""
 
@@ -74,13 +113,15 @@ class DecisionPolicy:
         self.market, self.cfg, self.timeframe = market, cfg, cfg.timeframe
         s = restored or PolicyState()
         self.position = _LEVEL[s.position]
-        self.exposure = s.exposure  # for now the position's level; sizing will refine it
+        # An exposure that contradicts the position (a state from before exposures): the level.
+        self.exposure = s.exposure if s.exposure * self.position > 0 else float(self.position)
         self.last_bar_time = s.last_bar_time
         self.last_action_time = s.last_action_time
         self.bars_since_action = s.bars_since_action
         self._closes: deque[float] = deque(maxlen=cfg.momentum_bars + 1)
         self._means: deque[float] = deque(maxlen=cfg.mean_bars)
         self._window_time: int | None = None
+        self._sizer = _Sizer(cfg.vol_bars, cfg.vol_halflife_bars)
         self.rejected = 0  # bars with an unusable close (counted, logged, skipped)
 
     def state(self) -> PolicyState:
@@ -103,6 +144,7 @@ class DecisionPolicy:
             return
         self._closes.append(bar.close)
         self._means.append(bar.close)
+        self._sizer.update(bar.close)
         self._window_time = bar.open_time
 
     def on_bar(self, bar: Bar, features: Features, fused: RegimeUpdate) -> Decision | None:
@@ -137,6 +179,10 @@ class DecisionPolicy:
             return _Signal(0, "risk_off.flat", "risk_off: go flat")
         if strategy not in ("trend_long", "trend_short", "mean_reversion"):
             return _Signal(None, "none.hold", f"no strategy (regime {fused.regime}): keep")
+        if self.cfg.rules == "hold":
+            short = strategy == "trend_short" and self.cfg.allow_short
+            return _Signal(-1 if short else 1, f"{strategy}.hold",
+                           f"{strategy}: hold {'short' if short else 'long'}")
         if atr is None or not _usable(atr):
             return _Signal(None, f"{strategy}.warmup", "warming up: no ATR yet", {"atr": atr})
         if strategy == "mean_reversion":
@@ -189,7 +235,9 @@ class DecisionPolicy:
     # limits, gates, state ---------------------------------------------------------------------
 
     def _limit(self, wanted: int, strategy: str | None) -> tuple[int, str | None]:
-        lo, hi = _RANGE.get(strategy or "", (-1, 1))
+        # A strategy's own range binds its ATR rules; held positions follow the regime.
+        lo, hi = _RANGE.get(strategy or "", (-1, 1)) if self.cfg.rules == "signals" else (
+            _RANGE["risk_off"] if strategy == "risk_off" else (-1, 1))
         if not self.cfg.allow_short and wanted < 0:
             return 0, "shorting disabled (AETHERION_DECISION_ALLOW_SHORT=false)"
         target = min(max(wanted, lo), hi)
@@ -209,7 +257,7 @@ class DecisionPolicy:
 
     def _decide(self, bar: Bar, features: Features, fused: RegimeUpdate,
                 sig: _Signal) -> Decision:
-        before = self.position
+        before, held = self.position, self.exposure
         wanted = before if sig.target is None else sig.target
         target, limited = self._limit(wanted, fused.strategy)
         step = (target > before) - (target < before)
@@ -220,19 +268,40 @@ class DecisionPolicy:
         reason = sig.why if limited is None else f"{sig.why}; {limited}"
         if after == before and wanted != before:
             reason = f"suppressed: {gate or limited}; signal: {sig.why}"
+        exposure, resized = self._size(after, before, held, fused)
+        if resized:
+            reason = f"{reason}; {resized}"
         rule = sig.rule if limited is None or sig.target is not None else f"{fused.strategy}.limit"
         inputs: Inputs = {"close": bar.close, "atr": features.atr, **sig.inputs}
+        if self.cfg.size_by_volatility:
+            inputs.update(volatility=self._sizer.vol, long_run_volatility=None if
+                          self._sizer.level is None else math.exp(self._sizer.level))
         if before == 0 and target != 0:  # the gates were consulted
             inputs.update(min_confidence=self.cfg.min_confidence,
                           cooldown_bars=self.cfg.cooldown_bars,
                           bars_since_action=self.bars_since_action)
-        self.position, self.last_bar_time, self.exposure = after, bar.open_time, float(after)
-        if step:
+        self.position, self.last_bar_time, self.exposure = after, bar.open_time, exposure
+        move = (exposure > held) - (exposure < held)
+        if move:
             self.last_action_time, self.bars_since_action = bar.open_time, 0
         return Decision(
             id="", market=self.market, timeframe=self.timeframe, bar_time=bar.open_time,
-            action=_ACTION[step], strategy=fused.strategy, regime=fused.regime,
+            action=_ACTION[move], strategy=fused.strategy, regime=fused.regime,
             confidence=fused.confidence, price=bar.close, rule=rule, inputs=inputs,
-            position_before=_NAME[before], position_after=_NAME[after], exposure=self.exposure,
+            position_before=_NAME[before], position_after=_NAME[after], exposure=exposure,
             suppressed=after == before and wanted != before, reason=reason,
             model_version=fused.model_version, created_at=_now_ms())
+
+    def _size(self, after: int, before: int, held: float,
+              fused: RegimeUpdate) -> tuple[float, str | None]:
+        """The exposure after this bar and, for a resize or a refused one, why."""
+        cfg = self.cfg
+        size = self._sizer.size(cfg.size_step) if cfg.size_by_volatility else 1.0
+        if after != before or after == 0:
+            return after * size, None  # an entry or an exit takes the size of the moment
+        want = after * size
+        if abs(want - held) < cfg.min_change - 1e-9:
+            return held, None
+        if abs(want) > abs(held) and (gate := self._gate(fused)) is not None:
+            return held, f"no resize to {want:+.2f}: {gate}"
+        return want, f"resized {held:+.2f} -> {want:+.2f} (volatility)"

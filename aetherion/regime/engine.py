@@ -26,6 +26,7 @@ from aetherion.domain import (
 from aetherion.regime.model import (
     BASE_INPUTS,
     INPUTS,
+    RANGE_SHARE,
     FitResult,
     RegimeModel,
     TrainRequest,
@@ -39,7 +40,7 @@ UNKNOWN = "unknown"
 STRATEGY_OF = {"bull": "trend_long", "bear": "trend_short", "sideways": "mean_reversion",
                "crisis": "risk_off"}
 RETRY_BARS = 25  # bars before another try when a first fit was rejected
-REFILTER_BARS = 50  # a new model's filter starts by running over this many past observations
+REFILTER_BARS = 200  # a new model's filter starts by running over this many past observations
 ALL_INPUTS = tuple(INPUTS)
 
 
@@ -74,7 +75,7 @@ class _Track:
     timeframe: str
     window: int
     stability: Stability
-    history: deque[tuple[int, tuple[float | None, ...]]] = field(init=False)
+    history: deque[tuple[int, tuple[float | None, ...]]] = field(init=False)  # the memory
     model: RegimeModel | None = None
     version: int = 0  # active model's version (0: none)
     attempts: int = 0
@@ -99,7 +100,7 @@ class RegimeEngine:
         self.timeframes = tuple(timeframes)
         self.finest_ms = TIMEFRAME_MS[self.timeframes[0]]
         self.tracks = {
-            tf: _Track(tf, settings.regime_window,
+            tf: _Track(tf, settings.regime_memory,
                        Stability(settings.regime_threshold, settings.regime_k))
             for tf in self.timeframes
         }
@@ -163,17 +164,19 @@ class RegimeEngine:
             t.since_request = 0
 
     def _request(self, t: _Track) -> TrainRequest | None:
-        base = [ALL_INPUTS.index(n) for n in BASE_INPUTS]
-        rows = [(ot, v) for ot, v in t.history if all(v[i] is not None for i in base)]
+        rows = [(ot, v) for ot, v in t.history if v[0] is not None]  # 0: log_return
         if not rows:
             return None
-        nvd = ALL_INPUTS.index("norm_volume_delta")
-        sided = all(v[nvd] is not None for _, v in rows)
-        inputs = (*BASE_INPUTS, "norm_volume_delta") if sided else BASE_INPUTS
-        idx = [ALL_INPUTS.index(n) for n in inputs]
-        obs = [tuple(float(v[i]) for i in idx) for _, v in rows]  # type: ignore[arg-type]
+        s = self.s
+        # The range is an input only where bars have one (not close-only series, not markets
+        # of one-trade bars): a constant input tells the model nothing.
+        recent = rows[-s.regime_window:]
+        ranged = sum(v[1] is not None for _, v in recent) >= RANGE_SHARE * len(recent)
+        inputs = ALL_INPUTS if ranged else BASE_INPUTS
+        obs = [v[:len(inputs)] for _, v in rows]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
-                            self.s.regime_seed, self.s.regime_restarts, self.s.regime_n_iter)
+                            s.regime_seed, s.regime_restarts, s.regime_n_iter, s.regime_window,
+                            s.regime_stay_bars, s.regime_crisis_ratio)
 
     def training_due(self) -> list[TrainRequest]:
         """Requests for every timeframe due a fit (asked after the close's decision)."""
@@ -233,10 +236,9 @@ class RegimeEngine:
         the stability rule over those bars, so the regime it finds held."""
         log_alpha = None
         for _, vals in list(t.history)[-REFILTER_BARS:]:
-            x = tuple(vals[ALL_INPUTS.index(n)] for n in model.inputs)
-            if all(v is not None for v in x):
-                z = model.standardize(x)  # type: ignore[arg-type]
-                log_alpha = model.filter_step(log_alpha, z)
+            if vals[0] is not None:
+                log_alpha = model.filter_step(log_alpha,
+                                              model.standardize(vals[:len(model.inputs)]))
                 if first:
                     t.probs = model.regime_probs(log_alpha)
                     t.stability.step(t.probs)

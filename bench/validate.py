@@ -1,0 +1,167 @@
+"""Validation of the regime model and the default decisions: every daily series shipped under
+../shared/data and long simulated markets with known regimes, through `aetherion replay` with
+default settings, in one table (issue 13; the table is in README.md and docs/regime.md).
+
+Daily series: the decisions against buy-and-hold and a 200-bar moving-average filter (long above,
+flat below), all filled at the next bar's open with the default 3 bp per unit of exposure
+changed: Sharpe, max drawdown, exposure changes a year; and the share of days labelled crisis in
+Oct-Nov 2008, in 2017 and overall. Simulations (`aetherion simulate`, 40,000 one-minute candles
+each, replayed with `--kind candles --timeframe 1m`): accuracy of `regime_raw`, crisis precision
+and recall, and the expected calibration error of `confidence_raw` (10 bins).
+
+    .venv/bin/python bench/validate.py [--jobs 2] [--seeds 1,2,3] [--only SPY,AAPL]
+
+The last line of stdout is the whole result as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aetherion.config import Settings
+from aetherion.replay import load, replay
+from aetherion.report import classification, performance
+from aetherion.simulate import SimulateOptions, simulate
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPY = DATA / "us_equities" / "daily_spy.zip"
+STOCKS = DATA / "daily" / "stocks20_close_1990_2022.csv.gz"
+TICKERS = ("AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK",
+           "MSFT", "PEP", "PFE", "PG", "RRC", "UNH", "WMT", "XOM")
+SIM_BARS = 40_000
+
+
+def _ms(day: str) -> int:
+    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _crisis_share(rows: list[dict[str, Any]], start: str, end: str) -> float | None:
+    lo, hi = _ms(start), _ms(end)
+    sel = [r["regime"] for r in rows if lo <= r["open_time"] < hi and r["regime"] != "unknown"]
+    return sum(r == "crisis" for r in sel) / len(sel) if sel else None
+
+
+def daily(name: str) -> dict[str, Any]:
+    loaded = load(SPY) if name == "SPY" else load(STOCKS, "candles", column=name)
+    t0 = time.perf_counter()
+    res = replay(loaded, Settings(), name.lower())
+    perf = performance(res.rows)
+    books = {k: perf[k] for k in ("decisions", "buy_and_hold", "ma_filter")}
+    return {
+        "series": name, "kind": "daily", "bars": len(res.rows),
+        "ohlc": name == "SPY", "seconds": round(time.perf_counter() - t0, 1),
+        **{f"{k}_{m}": v[m] for k, v in books.items()
+           for m in ("sharpe", "max_drawdown", "changes_per_year", "total_return",
+                     "time_in_market")},
+        "crisis_octnov2008": _crisis_share(res.rows, "2008-10-01", "2008-12-01"),
+        "crisis_2017": _crisis_share(res.rows, "2017-01-01", "2018-01-01"),
+        "crisis_all": _crisis_share(res.rows, "1900-01-01", "2100-01-01"),
+    }
+
+
+def simulated(seed: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"sim{seed}.parquet"
+        simulate(SimulateOptions(out=path, bars=SIM_BARS, seed=seed))
+        loaded = load(path, "candles")
+    t0 = time.perf_counter()
+    res = replay(loaded, Settings(), f"sim{seed}", "1m")
+    c = classification(res.rows) or {}
+    crisis = c.get("per_regime", {}).get("crisis", {})
+    return {
+        "series": f"sim seed {seed}", "kind": "sim", "bars": len(res.rows),
+        "seconds": round(time.perf_counter() - t0, 1), "accuracy": c.get("accuracy"),
+        "baseline_accuracy": c.get("baseline_accuracy"), "crisis_precision":
+        crisis.get("precision"), "crisis_recall": crisis.get("recall"), "ece": c.get("ece"),
+    }
+
+
+def _run(job: tuple[str, Any]) -> dict[str, Any]:
+    kind, arg = job
+    return simulated(arg) if kind == "sim" else daily(arg)
+
+
+def _f(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.0%}" if pct else f"{x:.2f}"
+
+
+def _print_daily(rows: list[dict[str, Any]]) -> None:
+    print("| series | Sharpe: decisions / B&H / MA | max drawdown: decisions / B&H / MA "
+          "| changes a year: decisions / MA | crisis share: Oct–Nov 2008 / 2017 / all |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['series']}{'' if r['ohlc'] else ' (closes)'} "
+              f"| {_f(r['decisions_sharpe'])} / {_f(r['buy_and_hold_sharpe'])} / "
+              f"{_f(r['ma_filter_sharpe'])} "
+              f"| {_f(r['decisions_max_drawdown'], True)} / "
+              f"{_f(r['buy_and_hold_max_drawdown'], True)} / "
+              f"{_f(r['ma_filter_max_drawdown'], True)} "
+              f"| {r['decisions_changes_per_year']:.1f} / {r['ma_filter_changes_per_year']:.1f} "
+              f"| {_f(r['crisis_octnov2008'], True)} / {_f(r['crisis_2017'], True)} / "
+              f"{_f(r['crisis_all'], True)} |")
+
+
+def _print_sims(rows: list[dict[str, Any]]) -> None:
+    print("| simulation (40,000 1m candles) | accuracy (answering the commonest: ) "
+          "| crisis precision / recall | calibration error (ECE) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['series']} | {_f(r['accuracy'])} ({_f(r['baseline_accuracy'])}) "
+              f"| {_f(r['crisis_precision'])} / {_f(r['crisis_recall'])} | {_f(r['ece'])} |")
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    d = [r for r in rows if r["kind"] == "daily"]
+    if not d:
+        return {}
+
+    def share(test: Any) -> str:
+        return f"{sum(bool(test(r)) for r in d)} of {len(d)}"
+
+    return {
+        "sharpe_above_buy_and_hold": share(
+            lambda r: (r["decisions_sharpe"] or 0) > (r["buy_and_hold_sharpe"] or 0)),
+        "sharpe_above_ma_filter": share(
+            lambda r: (r["decisions_sharpe"] or 0) > (r["ma_filter_sharpe"] or 0)),
+        "drawdown_below_buy_and_hold": share(
+            lambda r: r["decisions_max_drawdown"] < r["buy_and_hold_max_drawdown"]),
+        "drawdown_below_ma_filter": share(
+            lambda r: r["decisions_max_drawdown"] < r["ma_filter_max_drawdown"]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seeds", default="1,2", help="simulation seeds (empty: none)")
+    ap.add_argument("--only", help="daily series to run, e.g. SPY,AAPL (default: all 21)")
+    a = ap.parse_args()
+    names = a.only.split(",") if a.only else ["SPY", *TICKERS]
+    seeds = [int(s) for s in a.seeds.split(",") if s]
+    jobs = [("sim", s) for s in seeds] + [("daily", n) for n in names]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(_run, jobs))
+    _print_daily([r for r in rows if r["kind"] == "daily"])
+    print()
+    _print_sims([r for r in rows if r["kind"] == "sim"])
+    totals = _totals(rows)
+    print()
+    for k, v in totals.items():
+        print(f"{k.replace('_', ' ')}: {v}")
+    print(json.dumps({"rows": rows, "totals": totals,
+                      "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
