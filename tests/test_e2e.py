@@ -188,8 +188,9 @@ def run_e2e(env: dict[str, str], tmp_path: Path) -> None:
         latest = httpx.get(f"{base}/api/decision/latest").json()["decisions"]
         assert {d["market"] for d in latest} == {"btcusdt", "spy", "nifty"}
         assert all(d["action"] in ("BUY", "SELL", "HOLD") and d["rule"] for d in latest)
-        level = {"long": 1.0, "flat": 0.0, "short": -1.0}
-        assert all(d["exposure"] == level[d["position_after"]] for d in latest)
+        level = {"long": 1, "flat": 0, "short": -1}
+        assert all((d["exposure"] > 0) - (d["exposure"] < 0) == level[d["position_after"]]
+                   and (d["exposure"] * 4).is_integer() for d in latest)  # sized in quarters
         assert httpx.get(f"{base}/api/decision/history",
                          params={"market": "spy", "limit": 3}).json()["decisions"]
         # decisions streamed == decisions stored (read back from the database itself)

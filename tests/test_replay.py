@@ -61,7 +61,9 @@ def test_candles_csv_rows_and_summary(tmp_path: Path) -> None:
     assert df["ts"][0] == "1998-01-02T00:00:00Z"
     assert set(df["position"].unique()) <= {"long", "flat", "short"}
     level = df["position"].replace_strict({"long": 1.0, "flat": 0.0, "short": -1.0})
-    assert df["exposure"].to_list() == level.to_list()
+    for e, lv in zip(df["exposure"].to_list(), level.to_list(), strict=True):
+        assert (e > 0) - (e < 0) == lv and (e * 4).is_integer()  # the position's sign, quarters
+    assert set(df["exposure"].abs()) & {0.25, 0.5, 0.75}  # sized, not whole positions only
     assert set(df["regime"].unique()) - {"unknown"}  # a model was trained and used
     # the same through the original Lean zip (prices in 1/10,000 dollars, no header)
     r2 = run(DATA / "us_equities" / "daily_spy.zip", "--regime-restarts", "2")

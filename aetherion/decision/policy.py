@@ -86,8 +86,8 @@ class _Sizer:
         r = self.returns
         if len(r) < (r.maxlen or 0):
             return
-        mean = math.fsum(r) / len(r)
-        vol = math.sqrt(math.fsum((x - mean) ** 2 for x in r) / (len(r) - 1))
+        n = len(r)
+        vol = math.dist(r, [math.fsum(r) / n] * n) / math.sqrt(n - 1)  # sample std
         if vol <= 0:
             return
         self.vol = vol
