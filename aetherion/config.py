@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     regime_retrain_bars: int = Field(default=250, ge=1, description="bars between retrains")
     regime_stay_bars: float = Field(default=200.0, ge=2.0, le=1e6,
                                     description="expected stay in a regime, bars")
+    regime_stay_weight: float = Field(
+        default=0.3, ge=0.0, le=100.0,
+        description="weight of the expected stay against the data's own, x the window; 0: fixed")
     regime_crisis_ratio: float = Field(
         default=2.0, gt=1.0, le=100.0,
         description="crisis: volatility at least this many times the long-run typical level")

@@ -176,7 +176,7 @@ class RegimeEngine:
         obs = [v[:len(inputs)] for _, v in rows]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
                             s.regime_seed, s.regime_restarts, s.regime_n_iter, s.regime_window,
-                            s.regime_stay_bars, s.regime_crisis_ratio)
+                            s.regime_stay_bars, s.regime_stay_weight, s.regime_crisis_ratio)
 
     def training_due(self) -> list[TrainRequest]:
         """Requests for every timeframe due a fit (asked after the close's decision)."""
