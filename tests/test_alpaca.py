@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -347,3 +348,43 @@ async def test_official_client_reads_the_same_values(creds: None) -> None:
               for q in got_quotes}
     assert books and all(
         (b.ts, b.bids[0][0], b.bids[0][1], b.asks[0][0], b.asks[0][1]) in theirs for b in books)
+
+
+# ---- errors shown by /api/market/status ------------------------------------------------------
+
+
+async def test_a_closed_port_shows_its_error_and_counts_attempts(creds: None) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/v2/iex"
+    c = connector(url)
+    before = int(time.time() * 1000)
+    async with running(c):
+        await until(lambda: c.stats.reconnects >= 3)
+    st = c.stats.as_dict()
+    assert str(st["last_error"]).startswith(f"connection refused: {url}: "), st["last_error"]
+    assert isinstance(st["last_error_at"], int)
+    assert before <= st["last_error_at"] <= int(time.time() * 1000)
+    assert SECRET not in json.dumps(st) and KEY not in json.dumps(st)
+
+
+async def test_the_venue_error_code_stays_as_the_last_error_once_live(creds: None) -> None:
+    script = with_quotes(spy_trades(limit=200))
+    async with AlpacaServer(script, KEY, SECRET) as srv:
+        srv.silent = True
+        first, second = connector(srv.url), connector(srv.url)
+        first.silence_s = 60
+        async with running(first):
+            await until(lambda: srv.active is not None)
+            async with running(second):
+                await until(lambda: second.stats.last_error is not None)
+                at = second.stats.last_error_at
+                assert second.stats.reconnects >= 1 and at is not None
+                await srv.active.close()  # the other session goes away
+                srv.silent = False
+                await until(lambda: second.stats.state == "live")
+    st = second.stats.as_dict()
+    assert st["error"] is None  # nothing wrong now
+    assert st["last_error"] == "alpaca error 406: connection limit exceeded"
+    assert isinstance(st["last_error_at"], int) and st["last_error_at"] >= at

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -340,3 +341,59 @@ async def test_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
     conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and server.ws_connects == 0
+
+
+# ---- errors shown by /api/market/status ------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("unreachable", "kind"), [("closed port", "connection refused"),
+                                                   ("unresolvable host", "DNS lookup failed")])
+async def test_an_unreachable_exchange_shows_its_error_and_counts_attempts(
+        unreachable: str, kind: str) -> None:
+    """A market that never connected: the status says why, since when, and how often it tried."""
+    host = f"127.0.0.1:{closed_port()}" if unreachable == "closed port" else "nonexistent.invalid"
+    market = MarketConfig(id="btcusdt", venue="crypto", connector="binance", symbol="BTC/USDT",
+                          ws_url=f"ws://{host}/stream", rest_url=f"http://{host}/api/v3")
+    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.01, cap_s=0.05))
+    before = int(time.time() * 1000)
+    run = Running(conn)
+    await wait_for(lambda: conn.stats.reconnects >= 3, timeout=10, what="three failed attempts")
+    assert conn.stats.state in ("connecting", "reconnecting")
+    await run.stop()
+    st = conn.stats.as_dict()
+    assert str(st["last_error"]).startswith(
+        f"{kind}: binance GET http://{host}/api/v3/exchangeInfo: "), st["last_error"]
+    assert isinstance(st["last_error_at"], int)
+    assert before <= st["last_error_at"] <= int(time.time() * 1000)
+
+
+async def test_a_refused_websocket_shows_the_http_status_and_keeps_it_once_live(
+        server: FakeBinance) -> None:
+    server.cut(refuse_s=1.0)  # upgrades answered with HTTP 503 for a second
+    run = Running(native(server))
+    st = run.conn.stats
+    await wait_for(lambda: server.refused >= 2, what="refused upgrades")
+    assert st.state != "live" and st.reconnects >= 2
+    assert st.last_error == (f"InvalidStatus: {server.ws_url}: "
+                             "server rejected WebSocket connection: HTTP 503")
+    await wait_for(lambda: st.state == "live", timeout=10, what="live after the refusals")
+    at = st.last_error_at
+    await asyncio.sleep(0.2)
+    assert st.last_error_at == at and "HTTP 503" in (st.last_error or "")  # the last one, kept
+    await run.stop()
+
+
+async def test_an_unknown_symbol_is_the_error_that_stopped_it(server: FakeBinance) -> None:
+    market = MarketConfig(id="nope", venue="crypto", connector="binance", symbol="NOPE/USDT",
+                          ws_url=server.ws_url, rest_url=server.rest_url)
+    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
+    assert conn.stats.state == "failed" and conn.stats.reconnects == 0
+    assert conn.stats.last_error == "BadSymbol: binance does not have market symbol NOPE/USDT"
+    assert conn.stats.last_error_at is not None

@@ -16,11 +16,12 @@ from test_binance import (
     all_received,
     assert_exact,
     assert_same_candles,
+    closed_port,
     market_for,
     wait_for,
 )
 
-from aetherion.config import Settings
+from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL
 from aetherion.ingest.backoff import Backoff
 from aetherion.ingest.ccxt_pro import CcxtConnector
@@ -170,3 +171,37 @@ async def test_ccxt_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
     conn = CcxtConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and server.ws_connects == 0
+
+
+# ---- errors shown by /api/market/status ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("unreachable", "kind"), [("closed port", "connection refused"),
+                                                   ("unresolvable host", "DNS lookup failed")])
+async def test_an_unreachable_exchange_shows_its_error_and_counts_attempts(
+        unreachable: str, kind: str) -> None:
+    host = f"127.0.0.1:{closed_port()}" if unreachable == "closed port" else "nonexistent.invalid"
+    market = MarketConfig(id="btcusdt", venue="crypto", connector="ccxt", exchange="binance",
+                          symbol="BTC/USDT", ws_url=f"ws://{host}/stream",
+                          rest_url=f"http://{host}/api/v3")
+    conn = CcxtConnector(market, Settings(), None, backoff=Backoff(initial_s=0.01, cap_s=0.05))
+    before = int(time.time() * 1000)
+    run = Running(conn)
+    await wait_for(lambda: conn.stats.reconnects >= 3, timeout=10, what="three failed attempts")
+    assert conn.stats.state in ("connecting", "reconnecting")
+    await run.stop()
+    st = conn.stats.as_dict()
+    assert str(st["last_error"]).startswith(
+        f"{kind}: binance GET http://{host}/api/v3/exchangeInfo: "), st["last_error"]
+    assert isinstance(st["last_error_at"], int)
+    assert before <= st["last_error_at"] <= int(time.time() * 1000)
+
+
+async def test_an_unknown_symbol_is_the_error_that_stopped_it(server: FakeBinance) -> None:
+    market = MarketConfig(id="nope", venue="crypto", connector="ccxt", exchange="binance",
+                          symbol="NOPE/USDT", ws_url=server.ws_url, rest_url=server.rest_url)
+    conn = CcxtConnector(market, Settings(), None, backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
+    assert conn.stats.state == "failed" and conn.stats.reconnects == 0
+    assert conn.stats.last_error == "BadSymbol: binance does not have market symbol NOPE/USDT"
+    assert conn.stats.last_error_at is not None

@@ -379,3 +379,35 @@ async def test_official_client_reads_the_same_values(creds: None) -> None:
                for prev, cur in zip(theirs, theirs[1:], strict=False)
                if cur["volume_traded"] > prev["volume_traded"]]
     assert derived == [(t.ts, t.price, t.size) for t in ticks]
+
+
+# ---- errors shown by /api/market/status ------------------------------------------------------
+
+
+async def test_an_unresolvable_host_shows_the_dns_error_without_the_token(creds: None) -> None:
+    c = connector("ws://nonexistent.invalid")
+    before = int(time.time() * 1000)
+    async with running(c):
+        await until(lambda: c.stats.reconnects >= 3)
+    st = c.stats.as_dict()
+    assert str(st["last_error"]).startswith("DNS lookup failed: ws://nonexistent.invalid: "), \
+        st["last_error"]
+    assert isinstance(st["last_error_at"], int)
+    assert before <= st["last_error_at"] <= int(time.time() * 1000)
+    assert TOKEN not in json.dumps(st) and API_KEY not in json.dumps(st)
+
+
+async def test_refused_credentials_and_error_messages_have_a_time(creds: None) -> None:
+    async with KiteServer([], API_KEY, "another-token") as srv:
+        c = connector(srv.url)
+        await asyncio.wait_for(c.run(asyncio.Queue()), 5)
+    assert c.stats.last_error == "websocket upgrade refused with HTTP 403 (credentials rejected)"
+    assert c.stats.last_error_at is not None and c.stats.reconnects == 0
+    async with KiteServer(synthetic_day(50), API_KEY, TOKEN) as srv:
+        srv.inject.append(json.dumps({"type": "error", "data": "Too many requests"}))
+        c = connector(srv.url)
+        async with running(c):
+            await asyncio.wait_for(srv.done.wait(), 10)  # the error, then every packet
+            await until(lambda: c.stats.messages >= 50)
+        assert c.stats.last_error == "Too many requests" and c.stats.last_error_at is not None
+        assert c.stats.reconnects == 0  # the venue's message did not end the connection

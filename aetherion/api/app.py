@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aetherion import __version__
@@ -17,7 +18,9 @@ from aetherion.api.security import ApiKeyMiddleware, WebSocketGate
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_ASSETS", "create_app"]
+
+DOCS_ASSETS = "/static/docs"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,7 +34,11 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="AETHERION", version=__version__, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from files in the fastapi-offline package, not a
+    # CDN, so they work with no network. Served under /static/ like the dashboard's assets: open
+    # with AETHERION_API_KEY set (they hold no data); the pages and /openapi.json need the key.
+    app = FastAPIOffline(title="AETHERION", version=__version__, lifespan=lifespan,
+                         static_url=DOCS_ASSETS)
     app.state.settings = settings
     app.state.runtime = runtime
 

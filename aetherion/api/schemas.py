@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from aetherion.decision.model import Decision
 
@@ -151,7 +151,11 @@ class MarketStatusOut(BaseModel):
     state: str
     msg_rate: float
     last_message_age_s: float | None
-    reconnects: int
+    reconnects: int = Field(description="reconnect attempts, counted from the first failure")
+    last_error: str | None = Field(
+        None, description="the connector's last failure (DNS, refused, HTTP status, the "
+        "venue's error code), short and without credentials; null when none")
+    last_error_at: int | None = Field(None, description="when it happened, epoch ms")
     gaps_detected: int
     gaps_filled: int
     latency_ms: dict[str, LatencyOut]

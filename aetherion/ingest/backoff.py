@@ -14,8 +14,8 @@ Typical loop::
             async with connect(url) as ws:
                 backoff.connected()
                 await dog.guard(read(ws))       # read() calls dog.feed() per message
-        except (OSError, SilentConnection, ...):
-            stats.reconnects += 1
+        except (OSError, SilentConnection, ...) as e:
+            stats.on_error(e, where=url)        # last_error, its time, reconnects += 1
         await backoff.wait()
 """
 

@@ -4,28 +4,60 @@ A connector runs as one task per market (``await connector.run(out)``) until can
 its reconnects; it normalizes venue messages into :class:`~aetherion.domain.Tick` batches and
 :class:`~aetherion.domain.BookSnapshot` objects at the edge and puts them on ``out``, a bounded
 queue (so a slow pipeline slows the reader instead of growing memory).
+
+Every connector records a failure in one place, :meth:`ConnectorStats.on_error`: a short text
+(what kind of failure — DNS lookup, connection refused, timeout, HTTP status, the venue's error
+code — with URL queries and credential values removed) and when it happened, both shown by
+``/api/market/status`` as ``last_error`` and ``last_error_at``; a retried failure counts the
+reconnect attempt that follows, so a market that never connected shows its attempts.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import os
+import re
+import socket
 import time
 from collections import deque
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import Bar, BookSnapshot, Tick
 
 __all__ = [
-    "Checkpoints",
-    "Connector", "ConnectorStats", "ConnState", "LatencyWindow", "Output", "Outbox"]
+    "Checkpoints", "Connector", "ConnectorStats", "ConnState", "LatencyWindow", "Output",
+    "Outbox", "describe", "secret_envs"]
 
 ConnState = Literal[
     "connecting", "live", "reconnecting", "resyncing", "failed", "closed", "stopped"
 ]
 Output = list[Tick] | BookSnapshot
 Outbox = asyncio.Queue[Output]
+
+ERROR_CHARS: Final = 300  # longest error text kept
+_KINDS: Final[tuple[tuple[type[BaseException], str], ...]] = (
+    (socket.gaierror, "DNS lookup failed"),
+    (ConnectionRefusedError, "connection refused"),
+    (TimeoutError, "timed out"),
+)
+_URL_QUERY: Final = re.compile(r"([a-zA-Z][\w+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
+
+
+def describe(error: BaseException, where: str | None = None) -> str:
+    """``kind: where: message: root cause`` — the kind of failure (DNS lookup failed,
+    connection refused, timed out, else the exception's class) found anywhere in the chain of
+    causes, ``where`` (the URL tried) unless the message names it already, then the messages."""
+    chain = [error]
+    while len(chain) < 8 and (up := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(up)
+    kind = next((label for e in chain for cls, label in _KINDS if isinstance(e, cls)),
+                type(error).__name__)
+    parts = [str(e) for e in (error, chain[-1]) if str(e)]
+    if where and not any(where in p for p in parts):
+        parts.insert(0, where)
+    return ": ".join(dict.fromkeys([kind, *parts]))
 
 
 class LatencyWindow:
@@ -52,9 +84,12 @@ class LatencyWindow:
 
 
 class ConnectorStats:
-    """Connection state and counters of one market, as ``/api/market/status`` shows them."""
+    """Connection state and counters of one market, as ``/api/market/status`` shows them.
 
-    def __init__(self) -> None:
+    ``secret_envs``: names of the environment variables holding the market's credentials; their
+    values never reach an error text."""
+
+    def __init__(self, secret_envs: tuple[str, ...] = ()) -> None:
         self.state: ConnState = "connecting"
         self.messages = 0
         self.malformed = 0
@@ -64,6 +99,9 @@ class ConnectorStats:
         self.backfilled = 0  # trades fetched over REST to fill gaps
         self.book_resyncs = 0  # order book rebuilt from a fresh snapshot after a sequence gap
         self.last_message_mono: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: int | None = None  # epoch ms
+        self.secret_envs = secret_envs
         self.exchange_to_receive = LatencyWindow()
         self.receive_to_processed = LatencyWindow()
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
@@ -73,6 +111,25 @@ class ConnectorStats:
         self.messages += count
         self.last_message_mono = now
         self._rate_window.append((now, self.messages))
+
+    def on_error(self, error: BaseException | str, *, where: str | None = None,
+                 state: ConnState | None = "reconnecting") -> str:
+        """Record a failure and when; returns its text (see :func:`describe`). ``state``: what
+        the failure leaves the connection in; ``reconnecting`` counts the attempt that follows,
+        ``None`` (an error the venue reported on a connection that goes on) changes nothing."""
+        text = error if isinstance(error, str) else describe(error, where)
+        text = _URL_QUERY.sub(r"\1", text)
+        for name in self.secret_envs:
+            value = os.environ.get(name, "")
+            if len(value) >= 4:
+                text = text.replace(value, "***")
+        self.last_error = text[:ERROR_CHARS]
+        self.last_error_at = time.time_ns() // 1_000_000
+        if state is not None:
+            self.state = state
+        if state == "reconnecting":
+            self.reconnects += 1
+        return self.last_error
 
     def msg_rate(self) -> float:
         """Messages per second over the last few seconds (0 when quiet)."""
@@ -98,6 +155,8 @@ class ConnectorStats:
             "messages": self.messages,
             "malformed": self.malformed,
             "reconnects": self.reconnects,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "gaps_detected": self.gaps_detected,
             "gaps_filled": self.gaps_filled,
             "backfilled": self.backfilled,
@@ -107,6 +166,12 @@ class ConnectorStats:
                 "receive_to_processed": self.receive_to_processed.summary(),
             },
         }
+
+
+def secret_envs(market: MarketConfig) -> tuple[str, ...]:
+    """Names of the environment variables that hold the market's credentials."""
+    names = (market.api_key_env, market.api_secret_env, market.access_token_env)
+    return tuple(n for n in names if n)
 
 
 class Checkpoints(Protocol):
@@ -128,7 +193,7 @@ class Connector(abc.ABC):
         self.market = market
         self.settings = settings
         self.checkpoints = checkpoints
-        self.stats = ConnectorStats()
+        self.stats = ConnectorStats(secret_envs(market))
         self.processed_tick: Tick | None = None  # newest tick the pipeline has taken
 
     def processed(self, tick: Tick) -> None:

@@ -183,16 +183,16 @@ class BinanceConnector(Connector):
                 try:
                     await self._session()
                 except ccxt_async.BadSymbol as e:
-                    self.stats.state = "failed"
                     log.error("binance: unknown symbol, giving up", market=self.market.id,
-                              symbol=self.market.symbol, error=str(e))
+                              symbol=self.market.symbol,
+                              error=self.stats.on_error(e, state="failed"))
                     return
                 except RETRYABLE as e:
                     log.warning("binance: connection lost", market=self.market.id,
-                                error=str(e) or type(e).__name__)
+                                error=self.stats.on_error(e, where=self._where(e)))
                 except (BinanceError, ccxt_async.ExchangeError) as e:
-                    log.warning("binance: REST error", market=self.market.id, error=str(e))
-                self.stats.state = "reconnecting"
+                    log.warning("binance: REST error", market=self.market.id,
+                                error=self.stats.on_error(e))
                 await self._stop_book_task()
                 await self._save_checkpoint(force=True)
                 await self.backoff.wait()
@@ -203,6 +203,10 @@ class BinanceConnector(Connector):
             await self.trailing.stop()
             await self._save_checkpoint(force=True)
             await self._rest.close()
+
+    def _where(self, e: BaseException) -> str | None:
+        """The websocket's URL for a websocket failure (ccxt's messages name their own URL)."""
+        return None if isinstance(e, ccxt_async.BaseError) else self.ws_url
 
     def _make_rest(self) -> Any:
         ex = ccxt_async.binance({"enableRateLimit": True, "timeout": 10_000,
@@ -223,8 +227,6 @@ class BinanceConnector(Connector):
             max_size=2**24, max_queue=8192,
         ) as ws:
             self._sessions += 1
-            if self._sessions > 1:
-                self.stats.reconnects += 1
             self.backoff.connected()
             log.info("binance: connected", market=self.market.id, url=self.ws_url)
             await self._start_resync()
@@ -422,7 +424,8 @@ class BinanceConnector(Connector):
                              update_id=snap.lastUpdateId)
                     return
             except (ccxt_async.NetworkError, ccxt_async.ExchangeError, BinanceError) as e:
-                log.warning("binance: depth snapshot failed", market=self.market.id, error=str(e))
+                log.warning("binance: depth snapshot failed", market=self.market.id,
+                            error=self.stats.on_error(e, state=None))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -101,7 +101,8 @@ class CcxtConnector(Connector):
     async def run(self, out: Outbox) -> None:
         self._out = out
         if not hasattr(ccxtpro, self.exchange_id):
-            self.stats.state = "failed"
+            self.stats.on_error(f"no such ccxt.pro exchange {self.exchange_id!r}",
+                                state="failed")
             log.error("ccxt: no such ccxt.pro exchange", market=self.market.id,
                       exchange=self.exchange_id)
             return
@@ -111,14 +112,12 @@ class CcxtConnector(Connector):
                 try:
                     await self._session()
                 except ccxtpro.BadSymbol as e:
-                    self.stats.state = "failed"
                     log.error("ccxt: unknown symbol, giving up", market=self.market.id,
-                              error=str(e))
+                              error=self.stats.on_error(e, state="failed"))
                     return
                 except RETRYABLE as e:
                     log.warning("ccxt: connection lost", market=self.market.id,
-                                error=str(e)[:RAW_LOG_CHARS] or type(e).__name__)
-                self.stats.state = "reconnecting"
+                                error=self.stats.on_error(e))
                 await self._close()
                 await self._save_checkpoint(force=True)
                 await self.backoff.wait()
@@ -171,8 +170,6 @@ class CcxtConnector(Connector):
         await self.ex.load_markets()
         self.ex.market(self.market.symbol)  # BadSymbol when unknown
         self._sessions += 1
-        if self._sessions > 1:
-            self.stats.reconnects += 1
         self.backoff.connected()
         self.stats.state = "resyncing"
         await self._emit_resyncing()

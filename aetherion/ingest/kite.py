@@ -291,7 +291,8 @@ class KiteConnector(StreamConnector):
         ticks, book = self.parser.feed(frame.data, frame.recv_ns)
         self.stats.malformed += self.parser.malformed - before
         if self.parser.last_error is not None:
-            self.stats.error, self.parser.last_error = self.parser.last_error, None
+            self.stats.on_error(self.parser.last_error, state=None)  # the connection goes on
+            self.parser.last_error = None
         if ticks and self.checkpoints is not None:
             self._maybe_save(ticks[-1].ts)
         return ticks, book

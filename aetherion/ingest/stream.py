@@ -34,7 +34,14 @@ from websockets.exceptions import (
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BookSnapshot, Tick
 from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
-from aetherion.ingest.base import Checkpoints, Connector, ConnectorStats, Outbox
+from aetherion.ingest.base import (
+    Checkpoints,
+    Connector,
+    ConnectorStats,
+    ConnState,
+    Outbox,
+    secret_envs,
+)
 from aetherion.ingest.sessions import session_open
 
 __all__ = ["Frame", "StreamConnector", "StreamError", "StreamStats"]
@@ -57,12 +64,18 @@ class Frame:
 
 
 class StreamStats(ConnectorStats):
-    """Connector stats plus the last error and whether the venue's session is open."""
+    """Connector stats plus the current error (``None`` once live again) and whether the
+    venue's session is open."""
 
-    def __init__(self, venue: str) -> None:
-        super().__init__()
+    def __init__(self, venue: str, secret_envs: tuple[str, ...] = ()) -> None:
+        super().__init__(secret_envs)
         self.venue = venue
         self.error: str | None = None
+
+    def on_error(self, error: BaseException | str, *, where: str | None = None,
+                 state: ConnState | None = "reconnecting") -> str:
+        self.error = super().on_error(error, where=where, state=state)
+        return self.error
 
     def as_dict(self) -> dict[str, object]:
         out = super().as_dict()
@@ -85,7 +98,7 @@ class StreamConnector(Connector, abc.ABC):
         self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
     ) -> None:
         super().__init__(market, settings, checkpoints)
-        self.stats: StreamStats = StreamStats(market.venue)
+        self.stats: StreamStats = StreamStats(market.venue, secret_envs(market))
         self.session_open = session_open
         self.watchdog = Watchdog(self.silence_s)
         self.connections = 0
@@ -129,18 +142,18 @@ class StreamConnector(Connector, abc.ABC):
                     return
                 self._lost(str(e))
             except (OSError, TimeoutError, WebSocketException) as e:
-                self._lost(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
-            self.stats.reconnects += 1
+                self._lost(e)
             await backoff.wait()
 
     def _fail(self, why: str) -> None:
-        self.stats.state, self.stats.error = "failed", why
+        why = self.stats.on_error(why, state="failed")
         log.error("connector stopped", market=self.market.id, connector=self.name, reason=why)
 
-    def _lost(self, why: str) -> None:
-        self.stats.state, self.stats.error = "reconnecting", why
+    def _lost(self, why: BaseException | str) -> None:
+        """Record the loss (this counts the reconnect attempt that follows) and log it."""
+        text = self.stats.on_error(why, where=self.safe_url())
         log.warning("connection lost", market=self.market.id, connector=self.name,
-                    url=self.safe_url(), reason=why)
+                    url=self.safe_url(), reason=text)
 
     async def _connection(self, out: Outbox, backoff: Backoff) -> None:
         if self.stats.state != "reconnecting":

@@ -97,6 +97,10 @@
     $(".id", node).textContent = m.id;
     $(".venue", node).textContent = m.venue;
     $(".symbol", node).textContent = m.symbol;
+    const error = document.createElement("p"); // the connector's last error, when it had one
+    error.className = "error";
+    error.hidden = true;
+    $(".head", node).after(error);
     $("#markets").append(node);
     const card = {
       id: m.id, node, canvas: $(".chart", node), candles: [], price: null, seen: new Set(),
@@ -113,6 +117,19 @@
       : "";
     el.textContent = (m.state || "") + (closed ? ` · session closed, opens ${opens} UTC` : "");
     el.dataset.state = m.state || "";
+    setError(card, m);
+  }
+
+  function setError(card, m) { // red while not live; once live again, dim as the last one
+    const el = $(".error", card.node);
+    el.hidden = !m.last_error;
+    if (!m.last_error) return;
+    const when = Number.isFinite(m.last_error_at) ? ` ${hms(m.last_error_at)}` : "";
+    const tries = m.reconnects ? ` · ${m.reconnects} reconnect${m.reconnects > 1 ? "s" : ""}` : "";
+    const label = m.state === "live" ? "last error" : "error";
+    el.textContent = `${label}${when}${tries}: ${m.last_error}`;
+    el.title = el.textContent;
+    el.dataset.current = String(m.state !== "live");
   }
 
   function setText(card, sel, value) {
