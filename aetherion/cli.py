@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,21 +147,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from aetherion.replay import InputError, load, replay, summary_line, write_rows
     from aetherion.report import classification, performance, plot
 
+    if not args.from_store and args.input is None:
+        _fail("replay: give an INPUT file, or --from-store --market ID")
+    _check_writable("--out", args.out)
+    _check_writable("--plot", args.plot)
     try:
         if args.from_store:
             result = _from_store(args, settings)
-        elif args.input is None:
-            _fail("replay: give an INPUT file, or --from-store --market ID")
         else:
-            loaded = load(args.input, args.kind, args.column)
+            loaded = load(args.input, args.kind, args.column, settings.replay_max_bytes)
             result = replay(loaded, settings, args.market, args.timeframe,
                             progress=sys.stderr.isatty())
     except InputError as e:
         _fail(str(e))
-    if args.out:
-        write_rows(result.rows, args.out)
-    else:
-        write_rows(result.rows, Path("/dev/stdout"))
+    try:
+        write_rows(result.rows, args.out or Path("/dev/stdout"))
+    except OSError as e:
+        _fail(f"--out {args.out}: cannot write ({e.strerror or e})")
     if args.store:
         asyncio.run(_store(result, settings))
     result.summary["performance"] = performance(result.rows, args.fee_bps, args.slippage_bps)
@@ -168,9 +171,26 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     if scored is not None:
         result.summary["classification"] = scored
     if args.plot:
-        plot(result.rows, args.plot, f"{args.market}: {result.summary['timeframe']} bars")
+        try:
+            plot(result.rows, args.plot, f"{args.market}: {result.summary['timeframe']} bars")
+        except (OSError, ValueError) as e:  # a full disk, a format matplotlib does not write
+            _fail(f"--plot {args.plot}: cannot draw ({str(e).splitlines()[0][:80]})")
     print(summary_line(result.summary), flush=True)
     return 0
+
+
+def _check_writable(flag: str, path: Path | None) -> None:
+    """``--out``/``--plot``: a file that can be written, checked before any work."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        _fail(f"{flag} {path}: is a folder, not a file")
+    if not folder.is_dir():
+        _fail(f"{flag} {path}: {folder} is not an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                    and not os.access(path, os.W_OK)):
+        _fail(f"{flag} {path}: not writable")
 
 
 def _from_store(args: argparse.Namespace, settings: Settings) -> Any:

@@ -157,6 +157,14 @@ class Settings(BaseSettings):
     store_batch_size: int = Field(default=500, ge=1, le=100_000)
     store_flush_ms: int = Field(default=250, ge=10, le=60_000)
     store_buffer_rows: int = Field(default=200_000, ge=100)
+    store_spill_after_ms: int = Field(default=1000, ge=10, le=600_000, description=(
+        "while a store fails, buffered rows reach the disk journal within this"))
+    stop_deadline_ms: int = Field(default=8000, ge=100, le=600_000, description=(
+        "how long a stop may wait for the stores before journaling what is left"))
+    # replay input
+    replay_max_bytes: int = Field(
+        default=2 << 30, ge=1 << 20,
+        description="bytes a replay input may have, decompressed (aetherion/replay.py)")
 
     @field_validator("timeframes", mode="before")
     @classmethod

@@ -69,6 +69,7 @@ LAG_PROBE_S = 0.05
 CLOCK_S = 0.1  # how often quiet markets get their bars closed
 OPEN_BAR_EVERY = 5  # clock steps between open-bar broadcasts (0.5 s)
 STOP_DRAIN_S = 5.0  # how long stop() goes on processing what connectors queued
+JOURNAL_WAIT_S = 30.0  # how long start() waits for an earlier run's journal to be written
 QUEUE_BATCHES = 1024  # connector → pipeline queue bound (batches, not ticks)
 
 
@@ -581,16 +582,19 @@ class Runtime:
             ping=self.state.ping)
         self.writer.start()
         self.state_writer.start()
+        # What an earlier run journaled reaches the stores before start-up reads them
+        # (positions, models, bars, prices); a store that is down is not waited for.
+        for w in (self.writer, self.state_writer):
+            if not await w.journal_written(JOURNAL_WAIT_S):
+                log.warning("starting before the journal is written back", store=w.name,
+                            backlog=w.backlog)
         self.started_ms = time.time_ns() // 1_000_000
         for m in s.markets:
             live = LiveMarket(m, s, make_connector(m, s, self.state), self, self._train)
             live.latency = self.metrics.latency
             self.markets[m.id] = live
-            for tf, mv in (await self.state.latest_models(m.id)).items():
-                if tf in live.pipeline.regime.tracks:
-                    live.pipeline.regime.restore(tf, mv.params, mv.version)
-                    log.info("regime model reused", market=m.id, timeframe=tf,
-                             version=mv.version)
+            await self._restore_models(live)
+            await self._resume_connector(live)
             policy = live.pipeline.policy
             restored = await load_policy_state(self.state.engine, m.id, policy.timeframe)
             if restored is not None:
@@ -612,6 +616,33 @@ class Runtime:
         # machine, a stall for every client and bar close). Frozen, it is never walked.
         gc.collect()
         gc.freeze()
+
+    async def _restore_models(self, live: LiveMarket) -> None:
+        """Reuse the newest active model per timeframe; number new fits on from the highest
+        stored version (rejected ones included), so a version is never stored twice."""
+        regime, mid = live.pipeline.regime, live.market.id
+        for tf, highest in (await self.state.highest_versions(mid)).items():
+            if tf in regime.tracks:
+                regime.skip_versions(tf, highest)
+        for tf, mv in (await self.state.latest_models(mid)).items():
+            if tf in regime.tracks:
+                regime.restore(tf, mv.params, mv.version)
+                log.info("regime model reused", market=mid, timeframe=tf, version=mv.version)
+
+    async def _resume_connector(self, live: LiveMarket) -> None:
+        """A connector that makes its prices up (the simulator) goes on from the newest stored
+        trade of its market, else the close of its newest stored bar."""
+        resume = getattr(live.connector, "resume", None)
+        if resume is None:
+            return
+        mid = live.market.id
+        try:
+            if ticks := await self.store.ticks(mid, 1):
+                resume(ticks[0].price, ticks[0].ts)
+            elif bars := await self.store.bars(mid, live.pipeline.candles.timeframes[0], 1):
+                resume(bars[0].close, bars[0].close_time)
+        except Exception as e:  # a store that is down: start from the configured price
+            log.warning("stored price unavailable", market=mid, error=str(e) or type(e).__name__)
 
     async def _warm(self, live: LiveMarket) -> None:
         """Warm each timeframe up with recent history: the venue's (complete, authoritative)
@@ -683,12 +714,16 @@ class Runtime:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("market task failed", market=market.id, stage=stage)
-            if stage == "connector":
-                self.markets[market.id].connector.stats.state = "failed"
+            if stage == "connector":  # said in /api/market/status, not only in the log
+                self.markets[market.id].connector.stats.on_error(e, state="failed")
 
     async def stop(self) -> None:
+        # Bounded (``stop_deadline_ms``): a store that does not answer by then gets nothing
+        # more; the writers journal what it did not take, for the next start.
+        began = time.monotonic()
+        deadline = began + self.settings.stop_deadline_ms / 1000
         tasks = [t for live in self.markets.values() for t in live.tasks]
         # Connectors first, then drain what they queued, then the rest.
         for live in self.markets.values():
@@ -699,23 +734,31 @@ class Runtime:
             live.connector.stats.state = "stopped"
             # Take what was queued, for a while: the checkpoint is what was processed, so what
             # is left when the time is up comes back by backfill on the next start.
-            until = time.monotonic() + STOP_DRAIN_S
+            until = min(time.monotonic() + STOP_DRAIN_S, deadline)
             while not live.queue.empty() and time.monotonic() < until:
                 item = live.queue.get_nowait()
                 if isinstance(item, list) and item:
                     live.pipeline.on_ticks(item)
                     live.connector.processed(item[-1])
             live.pipeline.on_clock(time.time_ns() // 1_000_000)
-            await live.connector.save_checkpoint()
+            with contextlib.suppress(TimeoutError):  # not saved: the next start backfills more
+                await asyncio.wait_for(live.connector.save_checkpoint(),
+                                       max(0.1, deadline - time.monotonic()))
         for t in [*tasks, *self._tasks]:
             t.cancel()
         await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
-        if self._pool is not None:
-            for f in list(self._background):
-                f.cancel()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        for name in ("writer", "state_writer", "store", "state"):
+        for f in list(self._background):
+            f.cancel()
+        writers = [w for w in (getattr(self, "writer", None), getattr(self, "state_writer", None))
+                   if w is not None]
+        grace = max(0.0, deadline - time.monotonic())
+        closing = [w.close(grace) for w in writers]
+        if self._pool is not None:  # a fit still running: waited for off the event loop
+            closing.append(asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True))
+        await asyncio.gather(*closing)
+        for name in ("store", "state"):
             part = getattr(self, name, None)
             if part is not None:
                 await part.close()
-        log.info("stopped")
+        log.info("stopped", seconds=round(time.monotonic() - began, 2),
+                 journaled={w.name: w.backlog for w in writers if w.backlog})

@@ -109,8 +109,9 @@ def _run(settings: Settings, market_id: str, history: dict[str, list[Bar]], tick
     trainer = StoredTrainer(versions)
     pipe = MarketPipeline(market, settings, sink, trainer)
     t0 = time.perf_counter()
-    for tf, mv in restored.items():
-        pipe.regime.restore(tf, mv.params, mv.version)
+    for tf, mv in restored.items():  # as live: only the timeframes this run had (the
+        if tf in pipe.regime.tracks:  # store keeps models of runs with other TIMEFRAMES)
+            pipe.regime.restore(tf, mv.params, mv.version)
     pipe.warm(history)
     for i in range(0, len(ticks), 1000):
         pipe.on_ticks(ticks[i:i + 1000])

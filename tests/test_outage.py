@@ -1,13 +1,19 @@
 """Both stores cut off while the server runs: it keeps serving, says so, and loses nothing.
 
 The real server (subprocess) writes to MariaDB and to an nx-27017 MongoDB server, each behind a
-TCP proxy that the test stops (connections refused, live ones cut) and starts again.
+TCP proxy that the test stops (connections refused, live ones cut) and starts again. And a stop
+during an outage: SIGTERM ends the process in time, the journal keeps what the stores missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -21,9 +27,11 @@ from pymongo import MongoClient
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_e2e import collect, server
+from test_e2e import collect, free_port, server
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from aetherion.storage.schema import decisions
+from aetherion.storage.schema import decisions, market_ticks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mysql, pytest.mark.mongo]
 
@@ -160,3 +168,130 @@ def test_store_outage_keeps_serving_and_loses_nothing(
     assert len(during) >= 5, "decisions taken during the outage were not stored"
     first = decided[0]
     assert decided == list(range(first, decided[-1] + 1000, 1000)), "a decision is missing"
+
+
+@pytest.fixture
+def sql_proxy(mysql_url: str) -> Iterator[Proxy]:
+    u = make_url(mysql_url)
+    proxy = Proxy(u.host or "127.0.0.1", u.port or 3306)
+    yield proxy
+    proxy.close()
+
+
+def spawn(env: dict[str, str], log: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The server as ``server()`` starts it, with the process handle (to signal it)."""
+    port = free_port()
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aetherion", "run", "--port", str(port)],
+            env={**os.environ, "AETHERION_LOG_FORMAT": "json", **env},
+            stdout=subprocess.DEVNULL, stderr=err, cwd=cwd)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        return False
+
+    try:
+        wait(up, 30, "ready")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, base
+
+
+def record(base: str, out: list[tuple[float, str]]) -> threading.Thread:
+    """Every trade ``/ws/market`` sends, with when it arrived, until the server goes away."""
+
+    async def run() -> None:
+        async with connect(base.replace("http", "ws") + "/ws/market?markets=btcusdt") as ws:
+            async for raw in ws:
+                m = json.loads(raw)
+                ticks = [m] if m["type"] == "tick" else m.get("ticks", [])
+                out.extend((time.monotonic(), t["trade_id"]) for t in ticks)
+
+    def main() -> None:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            asyncio.run(run())
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread
+
+
+def journaled_ticks(spool: Path) -> set[str]:
+    """The trade ids in the market writer's journal (read while it may be written to)."""
+    ids: set[str] = set()
+    for path in spool.rglob("market/spill-*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_bytes().splitlines():
+                with contextlib.suppress(ValueError):  # a line being written
+                    kind, rows = json.loads(line)
+                    ids.update(r["trade_id"] for r in rows if kind == "ticks")
+    return ids
+
+
+async def stored_ticks(url: str) -> list[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(market_ticks.c.trade_id).where(
+                market_ticks.c.market == "btcusdt"))
+            return [r.trade_id for r in rows]
+    finally:
+        await engine.dispose()
+
+
+def test_sigterm_during_an_outage_stops_in_time_and_keeps_every_trade(
+    sql_proxy: Proxy, mysql_url: str, tmp_path: Path,
+) -> None:
+    """MariaDB (both stores) cut. Trades reach the journal within about a second (what a kill
+    would lose); 10 s into the outage SIGTERM: the process is gone within 10 s with everything
+    it buffered in the journal; a restart writes it: every trade the stream sent more than 1 s
+    before the SIGTERM is stored, once."""
+    env = {
+        "AETHERION_SQL_URL": str(make_url(mysql_url).set(host="127.0.0.1", port=sql_proxy.port)),
+        "AETHERION_MARKETS": json.dumps([MARKET]), "AETHERION_TIMEFRAMES": "1s,5s",
+        "AETHERION_DECISION_TIMEFRAME": "1s", "AETHERION_SIM_RATE": "200",
+    }
+    log, spool = tmp_path / "server.log", tmp_path / "var" / "spool"
+    proc, base = spawn(env, log, tmp_path)
+    seen: list[tuple[float, str]] = []
+    try:
+        listener = record(base, seen)
+        time.sleep(2.0)
+        sql_proxy.stop()
+        cut, cut_ms = time.monotonic(), time.time_ns() // 1_000_000
+        time.sleep(10.0)
+        early = journaled_ticks(spool)  # what a kill -9 now would leave
+        term = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        took = time.monotonic() - term
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    listener.join(5)
+    print(f"stopped {took:.2f} s after SIGTERM, 10 s into the outage")
+    assert took < 10.5, f"SIGTERM took {took:.1f} s:\n{log.read_text()[-3000:]}"
+    sent = [tid for at, tid in seen if at < term - 1.0]
+    during = [tid for at, tid in seen if cut + 1.0 < at < term - 1.0]
+    assert len(during) > 1000 and not set(during) - journaled_ticks(spool), "not journaled"
+    late = {tid for at, tid in seen if cut + 1.0 < at < term - 2.5} - early
+    assert not late, f"{len(late)} trades sent 2.5 s before were still only in memory"
+    sql_proxy.start()
+    with server(env, log, cwd=tmp_path) as base:
+        wait(lambda: not list(spool.rglob("spill-*.jsonl")), 30, "the journal written back")
+    # Start-up read the stores after the journal was written back: the position comes from
+    # the decisions taken during the outage.
+    restored = [json.loads(line) for line in log.read_text().splitlines()
+                if '"position restored"' in line]
+    assert restored[-1]["last_bar_time"] > cut_ms, "start-up read the stores before the journal"
+    stored = asyncio.run(stored_ticks(mysql_url))
+    assert len(stored) == len(set(stored)), "a tick stored twice"
+    missing = set(sent) - set(stored)
+    assert not missing, f"{len(missing)} of {len(sent)} trades sent were not stored"

@@ -373,3 +373,66 @@ def test_simulated_market_regimes_against_the_truth(tmp_path: Path) -> None:
     crisis = c["per_regime"]["crisis"]
     assert crisis["recall"] > 0.6 and crisis["precision"] > 0.5
     assert c["ece"] < 0.2
+
+
+def test_skipped_versions_are_never_given_again() -> None:
+    s = Settings(timeframes="1m")  # type: ignore[arg-type]
+    eng = RegimeEngine("m", ["1m"], s)
+    good = fit(TrainRequest("m", "1m", spy_obs(300), RANGED, 0, 1, restarts=1))
+    eng.skip_versions("1m", 4)
+    eng.skip_versions("1m", 2)  # never back
+    assert eng.install(FitResult(good.request, False, "rejected"), 0).version == 5
+    assert eng.install(good, 0).version == 6
+
+
+async def test_versions_never_repeat_across_a_restart_without_an_active_model(
+    sql_url: str,
+) -> None:
+    """A rejected v1 stored, a restart with no active model: the next fit is v2, stored with
+    its parameters (not dropped as a "v1 already stored"), and the restart after reuses it."""
+    from aetherion.ingest.simulator import SimulatorConnector
+    from aetherion.pipeline import LiveMarket, Runtime, train_inline
+
+    s = Settings(timeframes="1d", decision_timeframe="1d")  # type: ignore[arg-type]
+    spy = MarketConfig(id="spy", venue="us", connector="simulator", symbol="SPY")
+    good = fit(TrainRequest("spy", "1d", spy_obs(300), RANGED, 0, 1, restarts=1))
+    assert good.ok
+    rejected = RegimeEngine("spy", ["1d"], s).install(
+        FitResult(good.request, False, "a state holds 0.0% of the window"), 0)
+    runtime = Runtime(s)
+    runtime.state = state = await StateStore.open(sql_url)
+
+    async def restart() -> RegimeEngine:  # what start-up does before the market runs
+        live = LiveMarket(spy, s, SimulatorConnector(spy, s), ListSink(), train_inline)
+        await runtime._restore_models(live)
+        return live.pipeline.regime
+
+    try:
+        await state.write_models([rejected])
+        assert rejected.version == 1 and await state.latest_models("spy") == {}
+        eng = await restart()
+        assert eng.tracks["1d"].pending is None  # nothing active to reuse
+        mv = eng.install(good, 0)
+        assert (mv.version, mv.status) == (2, "active")
+        await state.write_models([mv])
+        stored = {m.version: m for m in await state.models("spy", "1d")}
+        assert stored[1].status == "rejected" and stored[2].status == "active"
+        assert stored[2].params == good.params
+        assert await state.highest_versions("spy") == {"1d": 2}
+        again = await restart()
+        pending = again.tracks["1d"].pending
+        assert pending is not None and pending[2] == 2
+        assert (await state.latest_models("spy"))["1d"].params == good.params
+        assert np.array_equal(pending[0].means, RegimeModel(good.params).means)
+        assert again.install(good, 0).version == 3
+    finally:
+        await state.close()
+
+
+def test_a_rejected_fit_keeps_its_parameters() -> None:
+    """Every attempt is stored with its parameters, a rejected one too (when it has any)."""
+    bars = calm_then_crash(6, 600, 0)
+    res = fit(TrainRequest("m", "1m", list(bars), RANGED, 0, 1, n_iter=2))
+    assert not res.ok and "did not converge" in res.reason
+    assert set(res.params) >= {"means", "covars", "transmat", "labels", "scaler_std"}
+    assert RegimeModel(res.params).labels == res.params["labels"]

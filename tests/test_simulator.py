@@ -253,3 +253,28 @@ async def test_a_blocked_simulator_skips_time_instead_of_piling_trades_up() -> N
     for b in batches:
         assert b[-1].ts - b[0].ts <= MAX_STEP_MS
         assert len(b) < 2000 * MAX_STEP_MS / 1000 * 1.5
+
+
+def test_a_resumed_simulator_goes_on_from_the_stored_price_with_moves_of_its_own() -> None:
+    btc = MarketConfig(id="btcusdt", venue="crypto", connector="simulator", symbol="BTC/USDT",
+                       start_price=60_000.0)
+    s = Settings()
+    t0 = 1_700_000_000_000
+
+    def prices(resume: tuple[float, int] | None) -> list[float]:
+        conn = SimulatorConnector(btc, s)
+        if resume is not None:
+            conn.resume(*resume)
+        return [t.price for t in conn.sim.trades(t0, t0 + 5_000, 50.0)]
+
+    def moves(p: list[float]) -> list[float]:
+        return [round(b / a, 12) for a, b in zip(p, p[1:], strict=False)]
+
+    fresh, resumed = prices(None), prices((42_000.0, t0 - 1))
+    assert abs(fresh[0] / 60_000 - 1) < 1e-3 and abs(resumed[0] / 42_000 - 1) < 1e-3
+    assert all(p == round(p, 2) for p in resumed)  # the configured price's decimals
+    assert prices((42_000.0, t0 - 1)) == resumed  # the same store, the same stream
+    assert moves(resumed) != moves(fresh)  # not the first run's path again
+    assert moves(prices((42_000.0, t0))) != moves(resumed)  # each resume time its own
+    for bad in (0.0, -5.0, math.nan, math.inf):  # a bad stored price is not resumed from
+        assert prices((bad, t0 - 1)) == fresh

@@ -422,3 +422,34 @@ async def test_state_writer_batches_regimes(sql_url: str, tmp_path: Path) -> Non
     assert len(hist) == 20 and hist[-1]["regime"] == "bull"
     assert len(await state.transitions("btc", 10)) == 1
     await state.close()
+
+
+async def test_model_versions_highest_and_a_clash_is_logged(sql_url: str) -> None:
+    """Every attempt is stored; a retried write is quiet; another model under a stored version
+    is not stored over it, and says so."""
+    from structlog.testing import capture_logs
+
+    from aetherion.domain import ModelVersion
+
+    def mv(tf: str, version: int, trained_at: int, status: str) -> ModelVersion:
+        return ModelVersion("btc", tf, version, trained_at, trained_at, 0, 9, 10, -1.0,
+                            {"trained_at": trained_at}, status, "")
+
+    state = await StateStore.open(sql_url)
+    try:
+        assert await state.highest_versions("btc") == {}
+        await state.write_models([mv("1m", 1, 100, "rejected"), mv("1m", 2, 200, "active"),
+                                  mv("5m", 3, 300, "rejected")])
+        assert await state.highest_versions("btc") == {"1m": 2, "5m": 3}
+        assert await state.highest_versions("eth") == {}
+        with capture_logs() as logs:
+            await state.write_models([mv("1m", 1, 100, "rejected")])  # a retry: the same model
+        assert logs == []
+        with capture_logs() as logs:
+            await state.write_models([mv("1m", 1, 400, "active"), mv("1m", 3, 500, "active")])
+        assert [(e["log_level"], e["version"]) for e in logs] == [("error", 1)]
+        stored = {m.version: m for m in await state.models("btc", "1m")}
+        assert stored[1].params == {"trained_at": 100} and stored[1].status == "rejected"
+        assert stored[3].params == {"trained_at": 500}
+    finally:
+        await state.close()

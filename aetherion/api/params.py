@@ -33,6 +33,14 @@ def market_of(request: Request, market: str) -> MarketConfig:
     return cfg
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _cut(value: str, width: int = 80) -> str:
+    """``value`` quoted, cut to about ``width`` characters (an error never echoes a huge one)."""
+    return repr(value if len(value) <= width else value[:width] + "…")
+
+
 def parse_time(name: str, value: str | None) -> int | None:
     """Epoch milliseconds from ``value``: an integer, or ISO-8601 (naive means UTC)."""
     if value is None or value == "":
@@ -40,12 +48,15 @@ def parse_time(name: str, value: str | None) -> int | None:
     v = value.strip()
     digits = v.removeprefix("-")
     if digits.isascii() and digits.isdigit():  # '²' is a digit to isdigit(), not to int()
+        if len(digits.lstrip("0")) > 19 or not INT64_MIN <= int(v) <= INT64_MAX:  # a 64-bit column
+            raise HTTPException(422, f"{name}: {_cut(value)} is beyond 64-bit epoch "
+                                     "milliseconds")
         return int(v)
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
         raise HTTPException(
-            422, f"{name}: {value!r} is neither epoch milliseconds nor an ISO-8601 time"
+            422, f"{name}: {_cut(value)} is neither epoch milliseconds nor an ISO-8601 time"
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

@@ -164,7 +164,10 @@ class SimulatedMarket:
     """The deterministic price process of one market."""
 
     def __init__(self, market_id: str, venue: str, start_price: float, seed: int,
-                 regime_seconds: float = 1800.0, rate: float = 50.0) -> None:
+                 regime_seconds: float = 1800.0, rate: float = 50.0,
+                 price: float | None = None) -> None:
+        """``price``: where the walk starts when not at ``start_price`` (a resumed market; the
+        price's decimals stay those of ``start_price``)."""
         self.market_id = market_id
         self._seed = (seed * 1_000_003 + zlib.crc32(market_id.encode())) % 2**63
         self._rng = random.Random(self._seed)  # noqa: S311 - a simulation, not a secret
@@ -173,7 +176,7 @@ class SimulatedMarket:
         self._spread = 1e-4 if venue == "crypto" else 2e-4
         self._decimals = max(2, 4 - math.floor(math.log10(start_price)))  # 2 from 100 up
         self.rate = rate
-        self.log_price = self.anchor = math.log(start_price)
+        self.log_price = self.anchor = math.log(price or start_price)
         # log-normal mu of each regime's stay in ms (its mean is stay x regime_seconds)
         self._stay_mu = [math.log(regime_seconds * 1000.0 * r.stay) - STAY_SIGMA**2 / 2
                          for r in REGIME_PARAMS]
@@ -467,11 +470,23 @@ class SimulatorConnector(Connector):
         self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
     ) -> None:
         super().__init__(market, settings, checkpoints)
-        s, m = settings, market
-        self.sim = SimulatedMarket(m.id, m.venue, m.start_price or 100.0, s.sim_seed,
-                                   s.sim_regime_seconds, s.sim_rate)
+        self.sim = self._market(settings.sim_seed)
         self.skipped_ms = 0  # simulated time skipped because the pipeline was behind
         self._next_skip_log = 0.0
+
+    def _market(self, seed: int, price: float | None = None) -> SimulatedMarket:
+        s, m = self.settings, self.market
+        return SimulatedMarket(m.id, m.venue, m.start_price or 100.0, seed,
+                               s.sim_regime_seconds, s.sim_rate, price)
+
+    def resume(self, price: float, ts_ms: int) -> None:
+        """Go on from ``price``, the newest stored of this market (at ``ts_ms``), not from
+        ``start_price``. The seed is mixed with ``ts_ms``: a restart makes new moves, and the
+        same seed and store make the same ones."""
+        if not (math.isfinite(price) and price > 0):
+            return
+        self.sim = self._market(self.settings.sim_seed * 1_000_003 + ts_ms, price)
+        log.info("simulator resumes", market=self.market.id, price=price, stored_at=ts_ms)
 
     async def run(self, out: Outbox) -> None:
         self.stats.state = "live"

@@ -222,6 +222,12 @@ class RegimeEngine:
         t.attempts = max(t.attempts, version)
         t.since_request = 0
 
+    def skip_versions(self, timeframe: str, highest: int) -> None:
+        """Versions up to ``highest`` are taken (a restart: stored, rejected ones included), so
+        the next fit numbers on from there and a version never repeats."""
+        t = self.tracks[timeframe]
+        t.attempts = max(t.attempts, highest)
+
     def _activate(self, t: _Track, model: RegimeModel, _: int, version: int) -> None:
         first = t.model is None
         t.model, t.version, t.pending = model, version, None

@@ -263,6 +263,7 @@ def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # noqa: N803 - the 
     if len(z) < MIN_OBS:
         return FitResult(req, False, f"too few complete observations ({len(z)})")
     best: Any = None
+    bad: Any = None  # the last degenerate model: a rejected attempt is stored with it
     reasons: list[str] = []
     rng = np.random.default_rng(req.seed)
     for i in range(req.restarts):
@@ -273,20 +274,28 @@ def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # noqa: N803 - the 
             continue
         if why := _degenerate(m):
             reasons.append(f"restart {i}: {why}")
+            bad = m
         elif best is None or m.score_ > best.score_:
             best = m
     if best is None:
-        return FitResult(req, False, "; ".join(reasons[-2:]) or "no restart succeeded")
+        why = "; ".join(reasons[-2:]) or "no restart succeeded"
+        finite = bad is not None and all(np.all(np.isfinite(getattr(bad, a))) for a in (
+            "startprob_", "transmat_", "means_", "covars_"))
+        return FitResult(req, False, why, _params(bad, req, loc, scale, len(z)) if finite else {},
+                         float(bad.score_) if finite and math.isfinite(bad.score_) else None)
     _anchor_crisis(best, req)
-    params = {
+    return FitResult(req, True, "ok", _params(best, req, loc, scale, len(z)), float(best.score_))
+
+
+def _params(m: Any, req: TrainRequest, loc: F, scale: F, n: int) -> dict[str, Any]:
+    """What ``RegimeModel`` needs, JSON-able, stored in ``model_versions``."""
+    return {
         "inputs": list(req.inputs), "scaler_mean": loc.tolist(), "scaler_std": scale.tolist(),
-        "startprob": best.startprob_.tolist(), "transmat": best.transmat_.tolist(),
-        "means": best.means_.tolist(), "covars": best.covars_.tolist(),
-        "labels": label_states(best.means_, best.covars_, req.inputs, loc, scale,
-                               req.crisis_ratio),
-        "stay_bars": req.stay_bars, "crisis_ratio": req.crisis_ratio, "window": len(z),
+        "startprob": m.startprob_.tolist(), "transmat": m.transmat_.tolist(),
+        "means": m.means_.tolist(), "covars": m.covars_.tolist(),
+        "labels": label_states(m.means_, m.covars_, req.inputs, loc, scale, req.crisis_ratio),
+        "stay_bars": req.stay_bars, "crisis_ratio": req.crisis_ratio, "window": n,
     }
-    return FitResult(req, True, "ok", params, float(best.score_))
 
 
 def _anchor_crisis(m: Any, req: TrainRequest) -> None:

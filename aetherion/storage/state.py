@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import func, select
+import structlog
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aetherion.domain import ModelVersion, RegimeUpdate, Transition
@@ -19,9 +20,15 @@ from aetherion.storage.sql import finite, insert_ignore, make_engine, upsert
 
 __all__ = ["StateStore"]
 
+log = structlog.get_logger(__name__)
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _model_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["market"], row["timeframe"], row["version"]
 
 
 class StateStore:
@@ -90,6 +97,9 @@ class StateStore:
             await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
 
     async def write_models(self, versions: list[ModelVersion]) -> None:
+        """Every attempt, rejected or active, with its parameters. A version already stored is
+        left as it is (a retried write); one stored with another model is logged as the bug
+        it is (version numbers never repeat: see :meth:`highest_versions`)."""
         rows = [{
             "market": v.market, "timeframe": v.timeframe, "version": v.version,
             "effective_from": v.effective_from, "trained_at": v.trained_at,
@@ -97,9 +107,29 @@ class StateStore:
             "loglik": finite(v.loglik), "params": v.params, "status": v.status,
             "reason": v.reason[:255],
         } for v in versions]
-        if rows:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert_ignore(self.engine, s.model_versions), rows)
+        if not rows:
+            return
+        t = s.model_versions
+        key = (t.c.market, t.c.timeframe, t.c.version)
+        same = (t.c.trained_at, t.c.effective_from, t.c.status)
+        q = select(*key, *same).where(tuple_(*key).in_([_model_key(r) for r in rows]))
+        async with self.engine.begin() as conn:
+            await conn.execute(insert_ignore(self.engine, t), rows)
+            stored = {tuple(r[:3]): tuple(r[3:]) for r in await conn.execute(q)}
+        for r in rows:
+            if stored.get(_model_key(r)) != (r["trained_at"], r["effective_from"], r["status"]):
+                log.error("model version taken by another model; this one is not stored",
+                          market=r["market"], timeframe=r["timeframe"], version=r["version"],
+                          status=r["status"], trained_at=r["trained_at"])
+
+    async def highest_versions(self, market: str) -> dict[str, int]:
+        """The highest stored model version of ``market`` per timeframe, rejected ones
+        included: where a restarted engine numbers on from."""
+        t = s.model_versions
+        q = (select(t.c.timeframe, func.max(t.c.version)).where(t.c.market == market)
+             .group_by(t.c.timeframe))
+        async with self.engine.connect() as conn:
+            return {tf: int(v) for tf, v in await conn.execute(q)}
 
     async def models(self, market: str | None = None, timeframe: str | None = None,
                      limit: int = 100) -> list[ModelVersion]:

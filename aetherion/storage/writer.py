@@ -3,8 +3,11 @@
 The pipeline hands rows over without waiting (``put_*``). A background task writes them in
 batches; when the store fails it keeps the batch and retries with capped back-off, so a store
 outage never stops the pipeline and loses nothing; idempotent keys make a retried batch harmless.
-Memory is bounded: beyond ``store_buffer_rows`` waiting rows, the oldest are appended to a spill
-journal under ``var/spool/<name>/`` (JSON lines) and written back once the store answers again.
+Rows go to a spill journal under ``var/spool/<name>/`` (fsynced JSON lines, written back once the
+store answers again) in two cases: beyond ``store_buffer_rows`` waiting rows, the oldest half; and
+while the store fails (a write failed, or one has waited ``store_spill_after_ms``), every row
+within that time, so a crash during an outage loses at most that last moment. Meanwhile the
+retries are made from the journal. The healthy path never touches the disk.
 
 A batch the store refuses while it answers a ping is bad data, not an outage: it is written row
 by row and the rows the store still refuses go to ``rejected.jsonl`` beside the journal, counted in
@@ -20,6 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +94,21 @@ class BufferedWriter:
         self.batch = settings.store_batch_size
         self.flush_s = settings.store_flush_ms / 1000
         self.bound = settings.store_buffer_rows
+        self.spill_s = settings.store_spill_after_ms / 1000
         self.spool = Path(spool_dir) / name
         self._queues: dict[str, deque[Any]] = {k: deque() for k in kinds}
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()  # a stop cuts the back-off short
+        self._unspooled = asyncio.Event()  # the journal is empty
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._files: list[Path] = []  # journal files not yet written back, oldest first
+        self._write_since: float | None = None  # when the write now waiting began (monotonic)
+        self._inflight_journaled = False  # the batch being written is also in the journal
         self._closing = False
         self._down = False
         self._spill_logged = False
+        self._spill_failed = False  # the last spill could not be written (logged once)
         self._journal_rows = 0  # rows in journal files not yet written back
         self._inflight: tuple[str, int] | None = None  # (kind, rows) being written now
         self.errors = 0
@@ -122,7 +134,7 @@ class BufferedWriter:
         if len(q) >= self.batch:
             self._wake.set()
         if self.in_memory > self.bound:
-            self._spill()
+            self._try_spill()
 
     def put_ticks(self, ticks: list[Tick]) -> None:
         self.put("ticks", ticks)
@@ -145,41 +157,77 @@ class BufferedWriter:
         """Rows waiting to be written: in memory and in the spill journal."""
         return self.in_memory + self._journal_rows
 
+    @property
+    def failing(self) -> bool:
+        """A write failed and none succeeded since, or the current one waits too long."""
+        since = self._write_since
+        return self._down or (since is not None and time.monotonic() - since >= self.spill_s)
+
     # ---- the background task ----------------------------------------------------------------
 
     def start(self) -> None:
-        self._journal_rows = sum(len(r) for p in self._spool_files()
+        self._files = self._spool_files()
+        self._journal_rows = sum(len(r) for p in self._files
                                  for _, r in self._read(p, report=False))
         self._task = asyncio.create_task(self._run(), name=f"writer:{self.name}")
+        self._ticker = asyncio.create_task(self._journal_while_failing(),
+                                           name=f"writer:{self.name}:journal")
+
+    async def journal_written(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the journal is written back to the store; False
+        when it is not (the store fails, or there is more than the time allows)."""
+        end = time.monotonic() + timeout_s
+        while self._files and not self.failing and (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.1)):
+                    await self._unspooled.wait()
+        return not self._files
 
     async def close(self, grace_s: float = 15.0) -> None:
-        """Write everything that is waiting, then stop. If the store is still down after
-        ``grace_s`` seconds, what waits goes to the spill journal for the next start."""
+        """Write everything that is waiting, then stop. What the store has not taken after
+        ``grace_s`` seconds (``spill_s`` while it fails) goes to the journal for the next start."""
         self._closing = True
         self._wake.set()
-        if self._task is None:
+        self._retry.set()
+        if self._task is None or self._ticker is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            if self.in_memory:
-                self._spill(share=1.0)
+        began = time.monotonic()
+        while not self._task.done():
+            wait_s = min(grace_s, self.spill_s) if self.failing else grace_s
+            if (left := began + wait_s - time.monotonic()) <= 0:
+                break
+            await asyncio.wait({self._task}, timeout=min(left, 0.1))
+        for task in (self._task, self._ticker):
+            while not task.done():  # a driver may swallow a cancellation: cancel again
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+        if self.in_memory:
+            self._try_spill(share=1.0)
+
+    async def _journal_while_failing(self) -> None:
+        """While the store fails, every row reaches the journal within ``spill_s``."""
+        while True:
+            await asyncio.sleep(self.spill_s)
+            if self.failing:
+                self._try_spill(share=1.0, inflight=True)
 
     async def _run(self) -> None:
         delay = 0.0
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes
+            # with the event (close() sets them and may cancel at once).
             if delay:
-                await asyncio.sleep(delay)
-            elif not self._spool_files():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                    async with asyncio.timeout(delay):
+                        await self._retry.wait()
+                self._retry.clear()
+            elif not self._files:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_s):
+                        await self._wake.wait()
             self._wake.clear()
             try:
-                await self._flush()
-                await self._unspool_one()
+                await self._attempt()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the store is down: keep the rows, retry
@@ -195,10 +243,18 @@ class BufferedWriter:
                 log.info("store writes recovered", store=self.name, backlog=self.backlog,
                          spilled_total=self.spilled)
             delay = 0.0
-            if not self._spool_files():
+            if not self._files:
                 self._spill_logged = False  # caught up: the next spill is news again
                 if self._closing and not self.in_memory:
                     return
+
+    async def _attempt(self) -> None:
+        """Write memory, then the oldest journal file. While the store is down the retries
+        are made from the journal, so that no row waits in memory only."""
+        if self._down:
+            self._try_spill(share=1.0)
+        await self._flush()
+        await self._unspool_one()
 
     async def _flush(self) -> None:
         for kind, q in self._queues.items():
@@ -208,8 +264,14 @@ class BufferedWriter:
                 # meanwhile leaves those rows alone (``_inflight``), so the pops below remove
                 # exactly them.
                 self._inflight = (kind, n)
+                self._inflight_journaled = False
                 try:
                     await self._write_batch(kind, [q[i] for i in range(n)])
+                except BaseException:
+                    if self._inflight_journaled:  # retried from the journal, which has them
+                        for _ in range(n):
+                            q.popleft()
+                    raise
                 finally:
                     self._inflight = None
                 for _ in range(n):
@@ -217,6 +279,13 @@ class BufferedWriter:
                 self.written += n
 
     async def _write_batch(self, kind: str, rows: list[Any]) -> None:
+        self._write_since = time.monotonic()
+        try:
+            await self._write_rows(kind, rows)
+        finally:
+            self._write_since = None
+
+    async def _write_rows(self, kind: str, rows: list[Any]) -> None:
         write = self.kinds[kind][1]
         try:
             await write(rows)
@@ -255,25 +324,50 @@ class BufferedWriter:
             return []
         return sorted(p for p in self.spool.glob("*.jsonl") if p.name != REJECTED)
 
-    def _spill(self, share: float = 0.5) -> None:
-        """Move the oldest ``share`` of the waiting rows of every kind to a journal file."""
+    def _try_spill(self, share: float = 0.5, inflight: bool = False) -> None:
+        """``_spill``; when the journal cannot be written the rows stay in memory (logged)."""
+        try:
+            self._spill(share, inflight)
+        except OSError as e:
+            if not self._spill_failed:
+                log.error("spill journal not writable; rows stay in memory", store=self.name,
+                          error=str(e), in_memory=self.in_memory)
+            self._spill_failed = True
+        else:
+            self._spill_failed = False
+
+    def _spill(self, share: float = 0.5, inflight: bool = False) -> None:
+        """Move the oldest ``share`` of the waiting rows of every kind to a journal file. The
+        batch being written stays in memory for its write; ``inflight`` also copies it to the
+        journal (once), and ``_flush`` drops it from memory if the write then fails."""
+        copy = inflight and not self._inflight_journaled
+        moves: dict[str, tuple[int, int, int]] = {}  # kind: (first journaled, in flight, moved)
+        for kind, q in self._queues.items():
+            keep = self._inflight[1] if self._inflight and self._inflight[0] == kind else 0
+            n = int((len(q) - keep) * share)
+            if keep + n > (first := 0 if copy else keep):
+                moves[kind] = (first, keep, n)
+        if not moves:
+            return
         self.spool.mkdir(parents=True, exist_ok=True)
         path = self.spool / f"spill-{time.time_ns()}-{os.getpid()}.jsonl"
         enc = msgspec.json.Encoder()
-        moved = 0
-        with path.open("ab") as f:
-            for kind, q in self._queues.items():
-                keep = self._inflight[1] if self._inflight and self._inflight[0] == kind else 0
-                n = int((len(q) - keep) * share)
-                if not n:
-                    continue
-                head = [q.popleft() for _ in range(keep)]  # being written: not spilled
-                rows = [q.popleft() for _ in range(n)]
-                q.extendleft(reversed(head))
+        with path.open("ab") as f:  # rows leave memory only once they are on disk
+            for kind, (first, keep, n) in moves.items():
+                rows = list(islice(self._queues[kind], first, keep + n))
                 f.write(enc.encode((kind, rows)) + b"\n")
-                moved += n
             f.flush()
             os.fsync(f.fileno())
+        for kind, (_, keep, n) in moves.items():
+            q = self._queues[kind]
+            head = [q.popleft() for _ in range(keep)]  # being written: stays for its write
+            for _ in range(n):
+                q.popleft()
+            q.extendleft(reversed(head))
+        self._inflight_journaled |= copy and self._inflight is not None
+        self._files.append(path)
+        self._unspooled.clear()
+        moved = sum(keep + n - first for first, keep, n in moves.values())
         self.spilled += moved
         self._journal_rows += moved
         self._wake.set()
@@ -302,14 +396,17 @@ class BufferedWriter:
     async def _unspool_one(self) -> None:
         """Write the oldest journal file back in batches; delete it once the store has it all.
         (Order does not matter: every write is idempotent and bars keep the newest revision.)"""
-        files = self._spool_files()
-        if not files:
+        if not self._files:
             return
+        path = self._files[0]
         n = 0
-        for kind, rows in self._read(files[0]):
+        for kind, rows in self._read(path):
             for i in range(0, len(rows), self.batch):
                 await self._write_batch(kind, rows[i:i + self.batch])
             n += len(rows)
-        files[0].unlink()
+        path.unlink()
+        self._files.pop(0)
+        if not self._files:
+            self._unspooled.set()
         self._journal_rows = max(0, self._journal_rows - n)
         self.written += n
