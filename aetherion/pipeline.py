@@ -58,7 +58,7 @@ from aetherion.regime.model import FitResult, TrainRequest, fit
 
 __all__ = [
     "CONNECTORS", "ListSink", "LiveMarket", "MarketPipeline", "Runtime", "Sink", "Trainer",
-    "make_connector", "preflight", "train_inline",
+    "make_connector", "market_source", "preflight", "train_inline",
 ]
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,7 @@ OPEN_BAR_EVERY = 5  # clock steps between open-bar broadcasts (0.5 s)
 STOP_DRAIN_S = 5.0  # how long stop() goes on processing what connectors queued
 JOURNAL_WAIT_S = 30.0  # how long start() waits for an earlier run's journal to be written
 QUEUE_BATCHES = 1024  # connector → pipeline queue bound (batches, not ticks)
+PREFLIGHT_STORE_S = 5.0  # how long the start-up check waits to read the recorded sources
 
 
 class Sink(Protocol):
@@ -301,7 +302,35 @@ def preflight(settings: Settings) -> list[str]:
         DecisionConfig.from_settings(settings)
     except ValueError as e:
         problems.append(f"bad setting: AETHERION_DECISION_TIMEFRAME: {e}")
+    problems.extend(asyncio.run(_changed_sources(settings)))
     return problems
+
+
+def market_source(m: MarketConfig) -> dict[str, str]:
+    """What a market id's stored data belongs to: its connector, symbol and ccxt exchange."""
+    source = {"connector": m.connector, "symbol": m.symbol}
+    if m.connector == "ccxt":
+        source["exchange"] = m.exchange or ""
+    return source
+
+
+async def _changed_sources(settings: Settings) -> list[str]:
+    """Markets whose configured source is not the one their stored data came from. A store that
+    cannot be read yet (unreachable, not created) is left to the store check that follows and to
+    :meth:`Runtime.start`, which checks again."""
+    from aetherion.storage.state import StateStore, source_changes
+
+    sources = {m.id: market_source(m) for m in settings.markets}
+    state: StateStore | None = None
+    try:
+        async with asyncio.timeout(PREFLIGHT_STORE_S):
+            state = await StateStore.open(settings.sql_url, migrate=False)
+            return await source_changes(state, sources)
+    except Exception:  # noqa: BLE001 - said by the store check, or at start
+        return []
+    finally:
+        if state is not None:
+            await state.close()
 
 
 def make_connector(
@@ -504,21 +533,6 @@ class Runtime:
     def _publish_open(self, bar: Bar) -> None:
         self.hubs["market"].publish(bar.market, encode("bar", bar.market, bar_json(bar)))
 
-    async def readiness(self) -> list[str]:
-        """Why the process is not ready to serve (empty when it is)."""
-        problems = []
-        for name, ping in (("sql", self.state.ping), ("market store", self.store.ping)):
-            try:
-                async with asyncio.timeout(2.0):
-                    await ping()
-            except Exception as e:  # unreachable, refusing, or too slow
-                problems.append(f"{name} unreachable: {str(e)[:200] or type(e).__name__}")
-        for mid, live in self.markets.items():
-            state = live.connector.stats.state
-            if state not in ("live", "connecting", "resyncing"):
-                problems.append(f"market {mid} is {state}")
-        return problems
-
     def store_status(self) -> dict[str, object]:
         out: dict[str, object] = {
             "sql": self.settings.sql_url.split("://", 1)[0],
@@ -560,11 +574,16 @@ class Runtime:
     async def start(self) -> None:
         from aetherion.decision.store import load_policy_state, write_decisions
         from aetherion.storage.market import open_market_store
-        from aetherion.storage.state import StateStore
+        from aetherion.storage.state import StateStore, record_sources, source_changes
         from aetherion.storage.writer import BufferedWriter, state_kinds
 
         s = self.settings
         self.state = await StateStore.open(s.sql_url)
+        # A market id's stored data belongs to its source: never mixed with another's.
+        sources = {m.id: market_source(m) for m in s.markets}
+        if changed := await source_changes(self.state, sources):
+            raise RuntimeError("; ".join(changed))
+        await record_sources(self.state, sources)
         self.store = await open_market_store(s, self.state.engine)
         # A spill journal belongs to the stores it was meant for: one folder per pair of targets,
         # so a run against other stores never writes this one's rows there.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
+from pymongo.server_type import SERVER_TYPE
+from sqlalchemy import NullPool, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aetherion import __version__
 from aetherion.api import dashboard, decision, market, regime
@@ -17,14 +22,117 @@ from aetherion.api.params import UnknownMarket
 from aetherion.api.security import ApiKeyMiddleware, WebSocketGate
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
+from aetherion.storage.market import MarketStore
 
 __all__ = ["DOCS_ASSETS", "create_app"]
 
 DOCS_ASSETS = "/static/docs"
 
+# /readyz: how long a fresh connection may take before the store counts as unreachable, and how
+# long the answer to a trivial query may take before the store counts as busy (not as down).
+CONNECT_TIMEOUT_S = 3.0
+ANSWER_TIMEOUT_S = 1.0
+
+Verdict = tuple[str | None, str | None]  # (why it is down, why it is slow): both None when fine
+
+
+def _why(e: BaseException) -> str:
+    return (str(e).splitlines()[0][:200] if str(e) else "") or type(e).__name__
+
+
+class StoreProbe:
+    """Tells a store that is down from one that is busy.
+
+    SQL: a connection of its own, outside the engine's pool (the pool's connections may all be
+    checked out by history queries, and SQLite serialises work on each of them), opened fresh
+    for each probe. Failing to connect (refused, no route, unresolvable, an unopenable SQLite
+    file, or no connection within ``CONNECT_TIMEOUT_S``) is down; a connection that answers
+    ``SELECT 1`` late is busy. MongoDB: the driver's ping; when it is late, the driver's own
+    view of the server (its monitor connects separately from the operation pool) decides.
+    """
+
+    def __init__(self) -> None:
+        self._engines: dict[str, AsyncEngine] = {}
+
+    def _engine(self, engine: AsyncEngine) -> AsyncEngine:
+        key = engine.url.render_as_string(hide_password=False)
+        if key not in self._engines:
+            self._engines[key] = create_async_engine(engine.url, poolclass=NullPool)
+        return self._engines[key]
+
+    async def sql(self, engine: AsyncEngine) -> Verdict:
+        fresh = self._engine(engine)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                conn = await fresh.connect()
+        except TimeoutError:
+            return f"no connection within {CONNECT_TIMEOUT_S:g} s", None
+        except Exception as e:  # noqa: BLE001 - refused, unresolvable, unopenable: all down
+            return _why(e), None
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                await conn.execute(select(1))
+        except TimeoutError:
+            return None, f"connected, no answer within {ANSWER_TIMEOUT_S:g} s"
+        except Exception as e:  # noqa: BLE001 - connected, then cut: down
+            return _why(e), None
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close())
+        return None, None
+
+    async def mongo(self, store: MarketStore) -> Verdict:
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                await store.ping()
+            return None, None
+        except TimeoutError:
+            pass
+        except Exception as e:  # noqa: BLE001 - refused, selection failed: down
+            return _why(e), None
+        client = getattr(store, "client", None)
+        if client is None:
+            return None, f"no answer within {ANSWER_TIMEOUT_S:g} s"
+        servers = client.topology_description.server_descriptions().values()
+        known = [sd for sd in servers if sd.server_type != SERVER_TYPE.Unknown]
+        if known:
+            return None, f"no answer within {ANSWER_TIMEOUT_S:g} s"
+        errors = [str(sd.error) for sd in servers if sd.error is not None]
+        return (errors[0][:200] if errors else "no server reachable"), None
+
+    async def close(self) -> None:
+        for engine in self._engines.values():
+            await engine.dispose()
+        self._engines.clear()
+
+
+async def readiness(runtime: Runtime, probe: StoreProbe) -> tuple[list[str], list[str]]:
+    """Why the process is not ready (empty when it is), and which stores are merely busy."""
+    problems: list[str] = []
+    busy: list[str] = []
+    if getattr(runtime, "state", None) is None or getattr(runtime, "store", None) is None:
+        problems.append("starting: stores not open yet")
+    else:
+        sql = await probe.sql(runtime.state.engine)
+        if runtime.store.name == "mongo":
+            market = await probe.mongo(runtime.store)
+        else:
+            market = sql  # the embedded market store: tables in the same database
+        for name, (down, slow) in (("sql", sql), ("market store", market)):
+            if down:
+                problems.append(f"{name} unreachable: {down}")
+            elif slow:
+                busy.append(f"{name} busy: {slow}")
+    for mid, live in runtime.markets.items():
+        state = live.connector.stats.state
+        if state not in ("live", "connecting", "resyncing"):
+            problems.append(f"market {mid} is {state}")
+    return problems, busy
+
 
 def create_app(settings: Settings) -> FastAPI:
     runtime = Runtime(settings)
+    probe = StoreProbe()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
             await runtime.start()
             yield
         finally:
+            await probe.close()
             await runtime.stop()
 
     # /docs and /redoc load Swagger UI and ReDoc from files in the fastapi-offline package, not a
@@ -59,9 +168,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
-        """Ready when both stores answer and every market is live or warming up."""
-        problems = await runtime.readiness()
-        body = {"status": "not ready" if problems else "ready", "problems": problems}
+        """Ready when both stores can be reached and every market is live or warming up.
+
+        A store is down only when a connection to it cannot be made; a store that is reachable
+        but slow to answer (queries queued behind others) is busy, listed under ``busy``, and
+        still ready."""
+        problems, busy = await readiness(runtime, probe)
+        body: dict[str, object] = {"status": "not ready" if problems else "ready",
+                                   "problems": problems}
+        if busy:
+            body["busy"] = busy
         return JSONResponse(body, status_code=503 if problems else 200)
 
     app.include_router(market.router)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket
 
-from aetherion.api.market import serve_stream
+from aetherion.api.market import bounded, serve_stream
 from aetherion.api.params import HistoryDep, market_of
 from aetherion.api.schemas import DecisionsOut
 from aetherion.decision.store import decision_history, latest_decisions
@@ -31,7 +31,7 @@ async def latest(
 ) -> dict[str, Any]:
     """The newest decision of each market (from the store, so it survives restarts)."""
     markets = [market_of(request, market).id] if market else None
-    rows = await latest_decisions(_rt(request).state.engine, markets)
+    rows = await bounded("latest decisions", latest_decisions(_rt(request).state.engine, markets))
     return {"decisions": [d.model_dump(mode="json") for d in rows]}
 
 
@@ -44,8 +44,8 @@ async def history(
     """Stored decisions, newest first; ``since``/``until`` apply to the bar time."""
     if market is not None:
         market_of(request, market)
-    rows = await decision_history(_rt(request).state.engine, market, h.limit, h.since, h.until,
-                                  action)
+    rows = await bounded("decision history", decision_history(
+        _rt(request).state.engine, market, h.limit, h.since, h.until, action))
     return {"decisions": [d.model_dump(mode="json") for d in rows]}
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
 
@@ -21,7 +23,14 @@ from aetherion.api.schemas import (
 from aetherion.ingest.sessions import next_open_ms, session_open
 from aetherion.pipeline import Runtime
 
-__all__ = ["router", "ws_router"]
+__all__ = ["QUERY_TIMEOUT_S", "bounded", "router", "ws_router"]
+
+T = TypeVar("T")
+
+# A history query (waiting for a pooled connection included) that takes longer is abandoned and
+# answered 503 with Retry-After, instead of holding the client; rows are bounded by ``limit``
+# (at most 5,000, see ``aetherion.api.params.history``).
+QUERY_TIMEOUT_S = 5.0
 
 router = APIRouter(prefix="/api/market", tags=["market"])
 ws_router = APIRouter()
@@ -32,6 +41,17 @@ TimeframeQ = Annotated[str | None, Query(description="one of the configured time
 def _rt(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+async def bounded(what: str, query: Awaitable[T]) -> T:
+    """``query``'s result, or 503 when it takes longer than ``QUERY_TIMEOUT_S``."""
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT_S):
+            return await query
+    except TimeoutError:
+        raise HTTPException(
+            503, f"{what}: the store did not answer within {QUERY_TIMEOUT_S:g} s (busy); retry",
+            headers={"Retry-After": "1"}) from None
 
 
 @router.get("/status", response_model=StatusOut)
@@ -59,7 +79,7 @@ async def snapshot(request: Request, m: MarketDep) -> dict[str, Any]:
 
 @router.get("/trades/{market}", response_model=TradesOut)
 async def trades(request: Request, m: MarketDep, h: HistoryDep) -> dict[str, Any]:
-    rows = await _rt(request).store.ticks(m.id, h.limit, h.since, h.until)
+    rows = await bounded("trades", _rt(request).store.ticks(m.id, h.limit, h.since, h.until))
     return {"market": m.id, "trades": [tick_json(t) for t in rows]}
 
 
@@ -69,7 +89,8 @@ async def orderbook(
     depth: Annotated[int, Query(ge=1, le=1000, description="levels a side")] = 20,
 ) -> dict[str, Any]:
     rt = _rt(request)
-    book = rt.markets[m.id].book or await rt.store.latest_book(m.venue, m.id)
+    book = rt.markets[m.id].book or await bounded("orderbook",
+                                                  rt.store.latest_book(m.venue, m.id))
     if book is None:
         raise HTTPException(503, f"no order book received yet for {m.id}")
     return book_json(book, depth)
@@ -80,7 +101,7 @@ async def candles(
     request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
 ) -> dict[str, Any]:
     tf = timeframe_of(request, timeframe)
-    rows = await _rt(request).store.bars(m.id, tf, h.limit, h.since, h.until)
+    rows = await bounded("candles", _rt(request).store.bars(m.id, tf, h.limit, h.since, h.until))
     return {"market": m.id, "timeframe": tf, "candles": [bar_json(b) for b in rows]}
 
 
@@ -89,7 +110,8 @@ async def features(
     request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
 ) -> dict[str, Any]:
     tf = timeframe_of(request, timeframe)
-    rows = await _rt(request).store.features(m.id, tf, h.limit, h.since, h.until)
+    rows = await bounded("features",
+                         _rt(request).store.features(m.id, tf, h.limit, h.since, h.until))
     return {"market": m.id, "timeframe": tf, "features": [features_json(f) for f in rows]}
 
 

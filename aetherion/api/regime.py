@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
 
-from aetherion.api.market import serve_stream
+from aetherion.api.market import bounded, serve_stream
 from aetherion.api.params import HistoryDep, MarketDep, market_of
 from aetherion.api.schemas import RegimeHistoryOut
 from aetherion.pipeline import Runtime
@@ -34,7 +34,7 @@ async def models(
     scaler, label map, training window and the bar from which it took effect."""
     if market is not None:
         market_of(request, market)
-    rows = await _rt(request).state.models(market, timeframe, limit)
+    rows = await bounded("models", _rt(request).state.models(market, timeframe, limit))
     return {"models": [asdict(m) for m in rows]}
 
 
@@ -50,7 +50,8 @@ async def regime_history(
     if timeframe != "fused" and timeframe not in rt.settings.timeframes:
         raise HTTPException(422, f"timeframe must be 'fused' or one of "
                                  f"{', '.join(rt.settings.timeframes)}")
-    rows = await rt.state.regime_history(m.id, timeframe, h.limit, h.since, h.until)
+    rows = await bounded("regime history",
+                         rt.state.regime_history(m.id, timeframe, h.limit, h.since, h.until))
     snap = rt.markets[m.id].snapshot()
     current = {k: snap[k] for k in ("regime", "confidence", "regime_raw", "confidence_raw",
                                     "strategy")}

@@ -6,6 +6,7 @@ Decisions and model versions live in the same database; their stages own their q
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ from aetherion.storage.migrate import upgrade_engine
 from aetherion.storage.retention import Plan, purge_sql
 from aetherion.storage.sql import finite, insert_ignore, make_engine, upsert
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "describe_source", "record_sources", "source_changes", "source_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -198,3 +199,39 @@ class StateStore:
         q = q.order_by(t.c.open_time.desc(), t.c.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(q)]
+
+
+# ---- where a market's data came from -------------------------------------------------------
+
+
+def source_key(market: str) -> str:
+    """The ``system_state`` key holding the source (connector, symbol, ccxt exchange) whose data
+    is stored under market id ``market``."""
+    return f"source:{market}"
+
+
+def describe_source(source: Mapping[str, Any]) -> str:
+    """``simulator BTC/USDT``, ``ccxt kraken BTC/USD``."""
+    return " ".join(str(source[k]) for k in ("connector", "exchange", "symbol") if source.get(k))
+
+
+async def source_changes(state: StateStore, sources: Mapping[str, dict[str, str]]) -> list[str]:
+    """One phrase per market id whose stored data came from another source than ``sources``
+    gives it now (a market never recorded, such as a store written before the record was kept,
+    is not a change)."""
+    out = []
+    for market, new in sources.items():
+        old = await state.get_state(source_key(market))
+        if old is not None and old != new:
+            out.append(
+                f"market {market}: its stored data (bars, models, position, checkpoints) came "
+                f"from {describe_source(old)}, now configured as {describe_source(new)}; "
+                f"give the new source another market id, or configure {describe_source(old)} "
+                f"again")
+    return out
+
+
+async def record_sources(state: StateStore, sources: Mapping[str, dict[str, str]]) -> None:
+    """Record, at every start, where each market id's data comes from."""
+    for market, source in sources.items():
+        await state.set_state(source_key(market), source)
