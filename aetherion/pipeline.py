@@ -644,9 +644,13 @@ class Runtime:
             if tf in regime.tracks:
                 regime.skip_versions(tf, highest)
         for tf, mv in (await self.state.latest_models(mid)).items():
-            if tf in regime.tracks:
-                regime.restore(tf, mv.params, mv.version)
+            if tf not in regime.tracks:
+                continue
+            if regime.restore(tf, mv.params, mv.version):
                 log.info("regime model reused", market=mid, timeframe=tf, version=mv.version)
+            else:
+                log.info("stored regime model of other inputs not reused; training anew",
+                         market=mid, timeframe=tf, version=mv.version)
 
     async def _resume_connector(self, live: LiveMarket) -> None:
         """A connector that makes its prices up (the simulator) goes on from the newest stored

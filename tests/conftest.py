@@ -19,13 +19,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -208,3 +211,56 @@ async def mysql_proxy(mysql_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
     await proxy.start()
     yield proxy, str(u.set(host="127.0.0.1", port=proxy.port))
     await proxy.stop()
+
+
+class Proxy:
+    """A ``TcpProxy`` on an event loop of its own thread (the test itself is synchronous)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = TcpProxy(host, port)
+        self.port = self.proxy.port
+        self.start()
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def start(self) -> None:
+        self._call(self.proxy.start())
+
+    def stop(self) -> None:
+        self._call(self.proxy.stop())
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def sql_proxy(mysql_url: str) -> Iterator[Proxy]:
+    """A threaded proxy in front of the test's MySQL server, for a server run as a subprocess."""
+    u = make_url(mysql_url)
+    proxy = Proxy(u.host or "127.0.0.1", u.port or 3306)
+    yield proxy
+    proxy.close()
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browsers are never fetched
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

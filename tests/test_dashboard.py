@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import test_e2e
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from test_e2e import server
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browsers are never fetched
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 MARKETS = ["btcusdt", "spy", "nifty"]
 SHOWN = "s => { const e = document.querySelector(s); return e && e.textContent !== '–'; }"
 # true when every stream's state is (open=true) or is not (open=false) "open"
 STREAMS_OPEN = "o => [...document.querySelectorAll('#streams li')].every(li => " \
                "(li.dataset.state === 'open') === o)"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import NxServer, TcpProxy
+from conftest import NxServer, Proxy
 from pymongo import MongoClient
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -36,33 +36,6 @@ from aetherion.storage.schema import decisions, market_ticks
 pytestmark = [pytest.mark.e2e, pytest.mark.mysql, pytest.mark.mongo]
 
 MARKET = {"id": "btcusdt", "venue": "crypto", "connector": "simulator", "symbol": "BTC/USDT"}
-
-
-class Proxy:
-    """A ``TcpProxy`` on an event loop of its own thread (the test itself is synchronous)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.proxy = TcpProxy(host, port)
-        self.port = self.proxy.port
-        self.start()
-
-    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def start(self) -> None:
-        self._call(self.proxy.start())
-
-    def stop(self) -> None:
-        self._call(self.proxy.stop())
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -168,14 +141,6 @@ def test_store_outage_keeps_serving_and_loses_nothing(
     assert len(during) >= 5, "decisions taken during the outage were not stored"
     first = decided[0]
     assert decided == list(range(first, decided[-1] + 1000, 1000)), "a decision is missing"
-
-
-@pytest.fixture
-def sql_proxy(mysql_url: str) -> Iterator[Proxy]:
-    u = make_url(mysql_url)
-    proxy = Proxy(u.host or "127.0.0.1", u.port or 3306)
-    yield proxy
-    proxy.close()
 
 
 def spawn(env: dict[str, str], log: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:

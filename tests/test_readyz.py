@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Proxy
 from sqlalchemy.engine import make_url
 from test_e2e import server
-from test_outage import MARKET, Proxy, wait
+from test_outage import MARKET, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -69,14 +69,6 @@ def test_readyz_stays_ready_while_the_embedded_store_is_busy(tmp_path: Path) -> 
     assert served >= 200, f"the load was too light to mean anything: {served} requests"
     assert len(codes) >= 5, f"/readyz asked only {len(codes)} times"
     assert set(codes) == {200}, f"/readyz under load: {codes}, problems {problems}"
-
-
-@pytest.fixture
-def sql_proxy(mysql_url: str) -> Iterator[Proxy]:
-    u = make_url(mysql_url)
-    proxy = Proxy(u.host or "127.0.0.1", u.port or 3306)
-    yield proxy
-    proxy.close()
 
 
 @pytest.mark.mysql

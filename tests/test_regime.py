@@ -436,3 +436,21 @@ def test_a_rejected_fit_keeps_its_parameters() -> None:
     assert not res.ok and "did not converge" in res.reason
     assert set(res.params) >= {"means", "covars", "transmat", "labels", "scaler_std"}
     assert RegimeModel(res.params).labels == res.params["labels"]
+
+
+def test_a_stored_model_of_other_inputs_is_not_reused() -> None:
+    """A store written by the earlier model (momentum, log volatility): the restart trains a
+    new model instead of failing on the first bar, and numbers it after the stored one."""
+    old = {"inputs": ["momentum", "log_volatility"], "scaler_mean": [0.0, 0.0],
+           "scaler_std": [1.0, 1.0], "startprob": [0.25] * 4,
+           "transmat": (np.eye(4) * 0.96 + 0.01).tolist(), "means": np.zeros((4, 2)).tolist(),
+           "covars": [np.eye(2).tolist()] * 4, "labels": list(REGIMES)}
+    eng = RegimeEngine("m", ["1m"], Settings(timeframes="1m", regime_min_bars=100))  # type: ignore[arg-type]
+    assert eng.restore("1m", old, 3) is False
+    rng = np.random.default_rng(4)
+    for i in range(120):
+        r = float(rng.normal(0, 0.001))
+        assert eng.on_features(Features("m", "1m", i * 60_000, 1.0, log_return=r,
+                                        extra={"log_range": 0.002})) is None
+    (req,) = eng.training_due()
+    assert eng.install(fit(req), 0).version == 4

@@ -12,30 +12,19 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
-from test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from playwright.sync_api import Browser
+from test_dashboard import ARTIFACTS
 from test_e2e import free_port, server
 
 from aetherion.ingest.base import ConnectorStats, describe
 
 KEY = "St4tus-key-never-shown"
 ALPACA_KEY, ALPACA_SECRET = "Alp-status-key", "AlpS-status-secret"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 # ---- the error text ------------------------------------------------------------------------

@@ -117,20 +117,19 @@ class RegimeEngine:
         t = self.tracks[f.timeframe]
         if t.pending is not None and f.open_time >= t.pending[1]:
             self._activate(t, *t.pending)
-        vals = tuple(INPUTS[name](f) for name in ALL_INPUTS)
-        t.history.append((f.open_time, vals))
+        x = observation(f, ALL_INPUTS)  # None without a usable return
+        t.history.append((f.open_time, x or (None,) * len(ALL_INPUTS)))
         t.last_open = f.open_time
-        if observation(f, BASE_INPUTS) is not None:
+        if x is not None:
             t.valid += 1
             t.since_request += 1
             if schedule:
                 self._maybe_request(t)
-        if t.model is None:
+        if t.model is None or x is None:
             return None
-        x = observation(f, t.model.inputs)
-        if x is None:
-            return None
-        t.log_alpha = t.model.filter_step(t.log_alpha, t.model.standardize(x))
+        # a model's inputs are ALL_INPUTS or their first (see ``_request``)
+        t.log_alpha = t.model.filter_step(t.log_alpha,
+                                          t.model.standardize(x[:len(t.model.inputs)]))
         probs = t.model.regime_probs(t.log_alpha)
         t.probs = probs
         t.stability.step(probs)
@@ -215,12 +214,17 @@ class RegimeEngine:
             "active" if result.ok else "rejected", result.reason,
         )
 
-    def restore(self, timeframe: str, params: dict[str, Any], version: int) -> None:
-        """Reuse a stored model (a restart): in force from the next bar."""
+    def restore(self, timeframe: str, params: dict[str, Any], version: int) -> bool:
+        """Reuse a stored model (a restart): in force from the next bar. False for a model
+        of other inputs (stored by an earlier version of the model): a new one is trained."""
         t = self.tracks[timeframe]
-        t.pending = (RegimeModel(params), 0, version)
         t.attempts = max(t.attempts, version)
+        inputs = tuple(params.get("inputs", ()))
+        if inputs not in (ALL_INPUTS, BASE_INPUTS):
+            return False
+        t.pending = (RegimeModel(params), 0, version)
         t.since_request = 0
+        return True
 
     def skip_versions(self, timeframe: str, highest: int) -> None:
         """Versions up to ``highest`` are taken (a restart: stored, rejected ones included), so
