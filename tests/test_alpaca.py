@@ -375,15 +375,16 @@ async def test_the_venue_error_code_stays_as_the_last_error_once_live(creds: Non
         srv.silent = True
         first, second = connector(srv.url), connector(srv.url)
         first.silence_s = 60
-        async with running(first):
-            await until(lambda: srv.active is not None)
-            async with running(second):
-                await until(lambda: second.stats.last_error is not None)
-                at = second.stats.last_error_at
-                assert second.stats.reconnects >= 1 and at is not None
-                await srv.active.close()  # the other session goes away
-                srv.silent = False
-                await until(lambda: second.stats.state == "live")
+        holder = asyncio.create_task(first.run(asyncio.Queue()))
+        await until(lambda: srv.active is not None)
+        async with running(second):
+            await until(lambda: second.stats.last_error is not None)
+            at = second.stats.last_error_at
+            assert second.stats.reconnects >= 1 and at is not None
+            holder.cancel()  # the other session goes away for good (no race to reconnect)
+            await asyncio.gather(holder, return_exceptions=True)
+            srv.silent = False
+            await until(lambda: second.stats.state == "live")
     st = second.stats.as_dict()
     assert st["error"] is None  # nothing wrong now
     assert st["last_error"] == "alpaca error 406: connection limit exceeded"
