@@ -14,18 +14,19 @@ from typing import Any
 import pytest
 from fakes.alpaca_server import AlpacaServer, rfc3339, spy_trades, with_quotes
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import MarketConfig
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, BookSnapshot, Tick
 from aetherion.features.candles import CandleEngine
 from aetherion.ingest.alpaca import (
     BOOK_MIN_INTERVAL_MS,
+    AlpacaConfig,
     AlpacaConnector,
     AlpacaParser,
-    SideInference,
-    check_credentials,
     rfc3339_ns,
 )
 from aetherion.ingest.base import Outbox
+from aetherion.ingest.registry import credentials_problem as check_credentials
+from aetherion.ingest.sides import SideInference
 
 KEY, SECRET = "PKTEST", "s3cr3t"
 
@@ -43,10 +44,9 @@ def market(url: str | None = None, **kw: Any) -> MarketConfig:
                         **opts)
 
 
-def connector(url: str, **kw: Any) -> AlpacaConnector:
-    m = market(url, **kw)
-    c = AlpacaConnector(m, Settings(markets=(m,)))
-    c.backoff_initial_s, c.backoff_cap_s = 0.01, 0.05
+def connector(url: str, watchdog_s: float = 30.0, **kw: Any) -> AlpacaConnector:
+    c = AlpacaConnector(AlpacaConfig(market(url, **kw), watchdog_s=watchdog_s,
+                                     backoff_initial_s=0.01, backoff_cap_s=0.05))
     c.session_open = lambda venue, now_ms: True  # the recording is from session hours
     return c
 
@@ -241,8 +241,7 @@ async def test_cuts_silence_and_garbage_leave_candles_equal_to_what_was_publishe
 ) -> None:
     script = with_quotes(spy_trades(limit=3000))
     async with AlpacaServer(script, KEY, SECRET, batch=25) as srv:
-        c = connector(srv.url)
-        c.silence_s = 0.3
+        c = connector(srv.url, watchdog_s=0.3)
         srv.cut_at = 1010  # the connection drops mid-stream
         srv.silence_at = 2000  # socket open, nothing said: the watchdog must reconnect
         async with running(c) as out:
@@ -276,8 +275,7 @@ async def test_connection_limit_is_reported_then_recovers(creds: None) -> None:
     script = with_quotes(spy_trades(limit=200))
     async with AlpacaServer(script, KEY, SECRET) as srv:
         srv.silent = True
-        first, second = connector(srv.url), connector(srv.url)
-        first.silence_s = 60
+        first, second = connector(srv.url, watchdog_s=60), connector(srv.url)
         async with running(first):
             await until(lambda: srv.active is not None)
             async with running(second) as out:
@@ -373,8 +371,7 @@ async def test_the_venue_error_code_stays_as_the_last_error_once_live(creds: Non
     script = with_quotes(spy_trades(limit=200))
     async with AlpacaServer(script, KEY, SECRET) as srv:
         srv.silent = True
-        first, second = connector(srv.url), connector(srv.url)
-        first.silence_s = 60
+        first, second = connector(srv.url, watchdog_s=60), connector(srv.url)
         holder = asyncio.create_task(first.run(asyncio.Queue()))
         await until(lambda: srv.active is not None)
         async with running(second):

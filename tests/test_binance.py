@@ -19,12 +19,11 @@ import pytest
 from fakes.binance_server import FakeBinance, Recording, load_recording
 from structlog.testing import capture_logs
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import MarketConfig
 from aetherion.domain import BUY, SELL, BookSnapshot, Tick
 from aetherion.features.candles import CandleEngine
-from aetherion.ingest.backoff import Backoff
 from aetherion.ingest.base import Connector, Outbox
-from aetherion.ingest.binance import BinanceConnector
+from aetherion.ingest.binance import BinanceConfig, BinanceConnector
 from aetherion.storage.state import StateStore
 
 N_MESSAGES = 2400  # about 1,750 trades and 650 depth diffs
@@ -86,8 +85,9 @@ def market_for(srv: FakeBinance, connector: str = "binance", **kw: Any) -> Marke
 
 def native(srv: FakeBinance, checkpoints: Any = None, **kw: Any) -> BinanceConnector:
     kw.setdefault("watchdog_s", 2.0)
-    kw.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2))
-    return BinanceConnector(market_for(srv), Settings(), checkpoints, **kw)
+    kw.setdefault("backoff_initial_s", 0.05)
+    kw.setdefault("backoff_cap_s", 0.2)
+    return BinanceConnector(BinanceConfig(market_for(srv), **kw), checkpoints)
 
 
 class Running:
@@ -184,7 +184,7 @@ async def test_a_burst_of_diffs_ending_inside_the_interval_still_shows_the_last_
     await wait_for(lambda: conn.book.update_id == server.update_id, what="book caught up")
     quiet_since = conn.stats.last_message_mono
     assert quiet_since is not None
-    bids, asks = server.top(conn.book_depth)
+    bids, asks = server.top(conn.config.book_depth)
 
     def shows_last() -> bool:
         live = [b for b in run.out.books if b.state == "live"]
@@ -192,10 +192,10 @@ async def test_a_burst_of_diffs_ending_inside_the_interval_still_shows_the_last_
 
     slack = 0.2  # "plus a little": scheduling on a busy machine
     try:
-        await wait_for(shows_last, max(0.0, quiet_since + conn.book_interval_s + slack
+        await wait_for(shows_last, max(0.0, quiet_since + conn.config.book_interval_s + slack
                                        - time.monotonic()))
     except AssertionError:
-        pytest.fail(f"{conn.book_interval_s} s (+{slack} s) after the last diff the newest "
+        pytest.fail(f"{conn.config.book_interval_s} s (+{slack} s) after the last diff the newest "
                     f"book put out was update {run.out.books[-1].sequence}, "
                     f"not {server.update_id}")
     assert run.out.books[-1].sequence == server.update_id and conn.trailing.sent >= 1
@@ -338,7 +338,7 @@ async def test_checkpoint_is_what_the_pipeline_took_not_what_was_queued(
 async def test_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
     market = MarketConfig(id="nope", venue="crypto", connector="binance", symbol="NOPE/USDT",
                           ws_url=server.ws_url, rest_url=server.rest_url)
-    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    conn = BinanceConnector(BinanceConfig(market, backoff_initial_s=0.05, backoff_cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and server.ws_connects == 0
 
@@ -360,7 +360,7 @@ async def test_an_unreachable_exchange_shows_its_error_and_counts_attempts(
     host = f"127.0.0.1:{closed_port()}" if unreachable == "closed port" else "nonexistent.invalid"
     market = MarketConfig(id="btcusdt", venue="crypto", connector="binance", symbol="BTC/USDT",
                           ws_url=f"ws://{host}/stream", rest_url=f"http://{host}/api/v3")
-    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.01, cap_s=0.05))
+    conn = BinanceConnector(BinanceConfig(market, backoff_initial_s=0.01, backoff_cap_s=0.05))
     before = int(time.time() * 1000)
     run = Running(conn)
     await wait_for(lambda: conn.stats.reconnects >= 3, timeout=10, what="three failed attempts")
@@ -392,7 +392,7 @@ async def test_a_refused_websocket_shows_the_http_status_and_keeps_it_once_live(
 async def test_an_unknown_symbol_is_the_error_that_stopped_it(server: FakeBinance) -> None:
     market = MarketConfig(id="nope", venue="crypto", connector="binance", symbol="NOPE/USDT",
                           ws_url=server.ws_url, rest_url=server.rest_url)
-    conn = BinanceConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    conn = BinanceConnector(BinanceConfig(market, backoff_initial_s=0.05, backoff_cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and conn.stats.reconnects == 0
     assert conn.stats.last_error == "BadSymbol: binance does not have market symbol NOPE/USDT"

@@ -21,10 +21,9 @@ from test_binance import (
     wait_for,
 )
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import MarketConfig
 from aetherion.domain import BUY, SELL
-from aetherion.ingest.backoff import Backoff
-from aetherion.ingest.ccxt_pro import CcxtConnector
+from aetherion.ingest.ccxt_pro import CcxtConfig, CcxtConnector
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,9 @@ async def server(recording: Recording) -> AsyncIterator[FakeBinance]:
 
 def ccxt_conn(srv: FakeBinance, **kw: Any) -> CcxtConnector:
     kw.setdefault("watchdog_s", 5.0)
-    kw.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2))
-    return CcxtConnector(market_for(srv, "ccxt", exchange="binance"), Settings(), None, **kw)
+    kw.setdefault("backoff_initial_s", 0.05)
+    kw.setdefault("backoff_cap_s", 0.2)
+    return CcxtConnector(CcxtConfig(market_for(srv, "ccxt", exchange="binance"), **kw))
 
 
 def subscribed(srv: FakeBinance) -> bool:
@@ -88,8 +88,8 @@ async def test_ccxt_cut_reconnects_and_backfills(server: FakeBinance, keyed: boo
         monkeypatch.setenv("TEST_BINANCE_KEY", "k")
         kw["api_key_env"] = "TEST_BINANCE_KEY"
     market = market_for(server, "ccxt", exchange="binance", **kw)
-    run = Running(CcxtConnector(market, Settings(), None, watchdog_s=2.0,
-                                backoff=Backoff(initial_s=0.05, cap_s=0.2)))
+    run = Running(CcxtConnector(CcxtConfig(market, watchdog_s=2.0, backoff_initial_s=0.05,
+                                           backoff_cap_s=0.2)))
     await wait_for(lambda: subscribed(server), what="subscribed")
     if not keyed:
         server.rate = 800.0  # ccxt takes about a second to come back: keep the hole < 1,000
@@ -160,7 +160,7 @@ async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
 
 
 async def test_ccxt_unknown_exchange_fails_cleanly(server: FakeBinance) -> None:
-    conn = CcxtConnector(market_for(server, "ccxt", exchange="nosuchexchange"), Settings())
+    conn = CcxtConnector(CcxtConfig(market_for(server, "ccxt", exchange="nosuchexchange")))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed"
 
@@ -168,7 +168,7 @@ async def test_ccxt_unknown_exchange_fails_cleanly(server: FakeBinance) -> None:
 async def test_ccxt_unknown_symbol_fails_cleanly(server: FakeBinance) -> None:
     market = market_for(server, "ccxt", exchange="binance").model_copy(
         update={"symbol": "NOPE/USDT"})
-    conn = CcxtConnector(market, Settings(), backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    conn = CcxtConnector(CcxtConfig(market, backoff_initial_s=0.05, backoff_cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and server.ws_connects == 0
 
@@ -184,7 +184,7 @@ async def test_an_unreachable_exchange_shows_its_error_and_counts_attempts(
     market = MarketConfig(id="btcusdt", venue="crypto", connector="ccxt", exchange="binance",
                           symbol="BTC/USDT", ws_url=f"ws://{host}/stream",
                           rest_url=f"http://{host}/api/v3")
-    conn = CcxtConnector(market, Settings(), None, backoff=Backoff(initial_s=0.01, cap_s=0.05))
+    conn = CcxtConnector(CcxtConfig(market, backoff_initial_s=0.01, backoff_cap_s=0.05))
     before = int(time.time() * 1000)
     run = Running(conn)
     await wait_for(lambda: conn.stats.reconnects >= 3, timeout=10, what="three failed attempts")
@@ -200,7 +200,7 @@ async def test_an_unreachable_exchange_shows_its_error_and_counts_attempts(
 async def test_an_unknown_symbol_is_the_error_that_stopped_it(server: FakeBinance) -> None:
     market = MarketConfig(id="nope", venue="crypto", connector="ccxt", exchange="binance",
                           symbol="NOPE/USDT", ws_url=server.ws_url, rest_url=server.rest_url)
-    conn = CcxtConnector(market, Settings(), None, backoff=Backoff(initial_s=0.05, cap_s=0.1))
+    conn = CcxtConnector(CcxtConfig(market, backoff_initial_s=0.05, backoff_cap_s=0.1))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)
     assert conn.stats.state == "failed" and conn.stats.reconnects == 0
     assert conn.stats.last_error == "BadSymbol: binance does not have market symbol NOPE/USDT"

@@ -20,6 +20,7 @@ from aetherion.ingest.alpaca import AlpacaConnector
 from aetherion.ingest.binance import BinanceDecoder, DepthMsg, TradeMsg
 from aetherion.ingest.kite import KiteConnector
 from aetherion.ingest.orderbook import OrderBook
+from aetherion.ingest.registry import build_connector
 from aetherion.ingest.stream import Frame
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,7 +100,9 @@ def test_order_book_takes_any_diff(first: int, last: int, bids: list[tuple[float
 def _alpaca() -> AlpacaConnector:
     m = MarketConfig(id="spy", venue="us", connector="alpaca", symbol="SPY",
                      api_key_env="K", api_secret_env="S")
-    return AlpacaConnector(m, Settings(markets=(m,)))
+    c = build_connector(m, Settings(markets=(m,)), None)
+    assert isinstance(c, AlpacaConnector)
+    return c
 
 
 ALPACA = [
@@ -125,7 +128,9 @@ def test_alpaca_decode_never_raises(data: str | bytes) -> None:
 def _kite() -> KiteConnector:
     m = MarketConfig(id="reliance", venue="nse", connector="kite", symbol="RELIANCE",
                      api_key_env="K", access_token_env="T", instrument_token=738561)
-    return KiteConnector(m, Settings(markets=(m,)))
+    c = build_connector(m, Settings(markets=(m,)), None)
+    assert isinstance(c, KiteConnector)
+    return c
 
 
 def _kite_packet(token: int, ltp: int, qty: int, volume: int) -> bytes:
@@ -154,11 +159,9 @@ def test_kite_decode_never_raises(data: bytes | str) -> None:
 
 
 def _ccxt() -> Any:
-    from aetherion.ingest.ccxt_pro import CcxtConnector
-
     m = MarketConfig(id="btcusdt", venue="crypto", connector="ccxt", symbol="BTC/USDT",
                      exchange="binance")
-    return CcxtConnector(m, Settings(markets=(m,)))
+    return build_connector(m, Settings(markets=(m,)), None)
 
 
 CCXT_TRADE = {"id": "3735683259", "timestamp": 1723161255342, "price": 61837.63,

@@ -24,16 +24,12 @@ from fakes.kite_server import (
     synthetic_day,
 )
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import MarketConfig
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, BookSnapshot, Tick
 from aetherion.features.candles import CandleEngine
 from aetherion.ingest.base import Outbox
-from aetherion.ingest.kite import (
-    KiteConnector,
-    KiteParser,
-    check_credentials,
-    parse_frame,
-)
+from aetherion.ingest.kite import KiteConfig, KiteConnector, KiteParser, parse_frame
+from aetherion.ingest.registry import credentials_problem as check_credentials
 
 API_KEY, TOKEN = "kitekey", "tok3n"
 
@@ -51,10 +47,9 @@ def market(url: str | None = None, **kw: Any) -> MarketConfig:
                         ws_url=url, **opts)
 
 
-def connector(url: str, **kw: Any) -> KiteConnector:
-    m = market(url, **kw)
-    c = KiteConnector(m, Settings(markets=(m,)))
-    c.backoff_initial_s, c.backoff_cap_s = 0.01, 0.05
+def connector(url: str, watchdog_s: float = 10.0, **kw: Any) -> KiteConnector:
+    c = KiteConnector(KiteConfig(market(url, **kw), watchdog_s=watchdog_s,
+                                 backoff_initial_s=0.01, backoff_cap_s=0.05))
     c.session_open = lambda venue, now_ms: True
     return c
 
@@ -242,8 +237,7 @@ async def test_cuts_silence_and_garbage_leave_candles_equal_to_what_was_publishe
 ) -> None:
     script = synthetic_day(1500, seed=5)
     async with KiteServer(script, API_KEY, TOKEN, per_frame=5) as srv:
-        c = connector(srv.url)
-        c.silence_s = 0.3
+        c = connector(srv.url, watchdog_s=0.3)
         srv.cut_at = 403  # the connection drops mid-stream
         srv.silence_at = 900  # no packets, no heartbeat: the watchdog must reconnect
         async with running(c) as out:
@@ -279,8 +273,7 @@ async def test_quiet_closed_market_is_not_dead(creds: None) -> None:
     """Outside the session (and with no heartbeat) the watchdog does not reconnect."""
     async with KiteServer(synthetic_day(5), API_KEY, TOKEN) as srv:
         srv.silent = True
-        c = connector(srv.url)
-        c.silence_s = 0.1
+        c = connector(srv.url, watchdog_s=0.1)
         c.session_open = lambda venue, now_ms: False
         async with running(c):
             await until(lambda: c.stats.state == "live")
@@ -308,7 +301,7 @@ async def test_checkpoint_carries_the_volume_across_a_restart(creds: None) -> No
     ck.state["kite_volume:reliance"] = {"volume": script[0].volume - 7, "day": today}
     async with KiteServer(script, API_KEY, TOKEN) as srv:
         m = market(srv.url)
-        c = KiteConnector(m, Settings(markets=(m,)), ck)
+        c = KiteConnector(KiteConfig(m), ck)
         async with running(c) as out:
             await asyncio.wait_for(srv.done.wait(), 10)
             await asyncio.sleep(0.1)

@@ -20,6 +20,7 @@ from aetherion.ingest.simulator import (
     TRANSITIONS,
     SimBars,
     SimulatedMarket,
+    SimulatorConfig,
     SimulatorConnector,
 )
 
@@ -235,7 +236,7 @@ def test_the_live_stream_stays_cheap() -> None:
 
 async def test_a_blocked_simulator_skips_time_instead_of_piling_trades_up() -> None:
     market = MarketConfig(id="btcusdt", venue="crypto", connector="simulator", symbol="BTC/USDT")
-    conn = SimulatorConnector(market, Settings(sim_rate=2000))  # type: ignore[call-arg]
+    conn = SimulatorConnector(SimulatorConfig(market, rate=2000))
     out: Outbox = asyncio.Queue(1)
     task = asyncio.create_task(conn.run(out))
     try:
@@ -262,7 +263,7 @@ def test_a_resumed_simulator_goes_on_from_the_stored_price_with_moves_of_its_own
     t0 = 1_700_000_000_000
 
     def prices(resume: tuple[float, int] | None) -> list[float]:
-        conn = SimulatorConnector(btc, s)
+        conn = SimulatorConnector(SimulatorConfig(btc, seed=s.sim_seed))
         if resume is not None:
             conn.resume(*resume)
         return [t.price for t in conn.sim.trades(t0, t0 + 5_000, 50.0)]

@@ -10,36 +10,39 @@ with no further quote), and ``error`` messages (auth failed, connection limit, �
 connector states.
 
 Alpaca publishes no aggressor side, so it is inferred by the quote rule
-(:class:`SideInference`) and marked ``side_inferred``.
+(:class:`~aetherion.ingest.sides.SideInference`) and marked ``side_inferred``.
 
 Errors::
 
-    AlpacaError            an error message from the server (code and text)
+    AlpacaError (VenueError)   an error message from the server (code and text)
     └── fatal when the code means retrying cannot help (auth failed, insufficient subscription)
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import ClassVar, Final
 
 import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection
 
-from aetherion.config import MarketConfig, Settings
-from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
-from aetherion.ingest.base import Checkpoints, Outbox
+from aetherion.domain import UNKNOWN_SIDE, BookSnapshot, Tick
+from aetherion.ingest.base import Checkpoints, ConnectorConfig, Outbox, secret_envs
+from aetherion.ingest.live import VenueError
 from aetherion.ingest.orderbook import TrailingBook
-from aetherion.ingest.stream import Frame, StreamConnector, StreamError
+from aetherion.ingest.sides import SideInference
+from aetherion.ingest.stream import Frame, StreamConfig, StreamConnector, StreamStats
 
 __all__ = [
-    "ERROR_CODES", "AlpacaConnector", "AlpacaError", "AlpacaParser", "SideInference",
-    "check_credentials", "rfc3339_ns",
+    "BOOK_MIN_INTERVAL_MS", "ERROR_CODES", "AlpacaConfig", "AlpacaConnector", "AlpacaError",
+    "AlpacaParser", "rfc3339_ns",
 ]
 
 log = structlog.get_logger(__name__)
@@ -63,7 +66,7 @@ ERROR_CODES: Final[dict[int, tuple[str, bool]]] = {
 }
 
 
-class AlpacaError(StreamError):
+class AlpacaError(VenueError):
     """An ``error`` message of the stream."""
 
     def __init__(self, code: int, msg: str) -> None:
@@ -72,36 +75,12 @@ class AlpacaError(StreamError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
+class AlpacaConfig(StreamConfig):
+    watchdog_s: float = 30.0  # quiet symbols say nothing for a while, even in session
+
+
 # ---- wire structs --------------------------------------------------------------------------
-
-
-class _Head(msgspec.Struct):
-    T: str
-
-
-class _Trade(msgspec.Struct, frozen=True):
-    S: str
-    p: float
-    s: float
-    t: str
-    i: int | None = None
-    x: str | None = None
-    c: list[str] | None = None
-    z: str | None = None
-
-
-class _Quote(msgspec.Struct, frozen=True):
-    S: str
-    bp: float
-    bs: float
-    ap: float
-    as_: float = msgspec.field(name="as")
-    t: str = ""
-
-
-class _Control(msgspec.Struct, frozen=True):
-    msg: str = ""
-    code: int = 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,38 +106,46 @@ def rfc3339_ns(text: str) -> int:
     return base + int(frac[1:].ljust(9, "0"))
 
 
-class SideInference:
-    """The quote rule, falling back to the tick rule.
+class _Head(msgspec.Struct):
+    T: str
 
-    A trade at or above the ask is a buy, at or below the bid a sell. Inside the spread (or
-    before any usable quote) the tick rule decides: above the previous trade price a buy, below
-    it a sell, at the same price the previous trade's side. Unknown before the first decision.
-    """
 
-    __slots__ = ("ask", "bid", "last_price", "last_side")
+class _Trade(msgspec.Struct, frozen=True):
+    S: str
+    p: float
+    s: float
+    t: str
+    i: int | None = None
+    x: str | None = None
+    c: list[str] | None = None
+    z: str | None = None
 
-    def __init__(self) -> None:
-        self.bid = 0.0
-        self.ask = 0.0
-        self.last_price = 0.0
-        self.last_side = UNKNOWN_SIDE
+    def parse_to_tick(self, market_id: str, side: int, recv_ns: int) -> Tick:
+        """``ValueError`` for a time that is not RFC-3339 UTC."""
+        trade_id = str(self.i) if self.i is not None else None
+        return Tick(market_id, rfc3339_ns(self.t) // 1_000_000, self.p, self.s, side, trade_id,
+                    recv_ns, side != UNKNOWN_SIDE)
 
-    def quote(self, bid: float, ask: float) -> None:
-        """The current best bid and ask; a crossed or empty side is not used."""
-        ok = bid > 0 and ask > 0 and bid <= ask
-        self.bid, self.ask = (bid, ask) if ok else (0.0, 0.0)
 
-    def side(self, price: float) -> int:
-        if self.ask and price >= self.ask:
-            side = BUY
-        elif self.bid and price <= self.bid:
-            side = SELL
-        elif self.last_price and price != self.last_price:
-            side = BUY if price > self.last_price else SELL
-        else:
-            side = self.last_side
-        self.last_price, self.last_side = price, side
-        return side
+class _Quote(msgspec.Struct, frozen=True):
+    S: str
+    bp: float
+    bs: float
+    ap: float
+    as_: float = msgspec.field(name="as")
+    t: str = ""
+
+    def parse_to_book(self, market_id: str) -> BookSnapshot:
+        """Top of book, sequenced by the quote time in ns; ``ValueError`` for a bad time."""
+        ts_ns = rfc3339_ns(self.t)
+        bids = ((self.bp, self.bs),) if self.bp > 0 else ()
+        asks = ((self.ap, self.as_),) if self.ap > 0 else ()
+        return BookSnapshot(market_id, ts_ns // 1_000_000, bids, asks, ts_ns)
+
+
+class _Control(msgspec.Struct, frozen=True):
+    msg: str = ""
+    code: int = 0
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -207,7 +194,7 @@ class AlpacaParser:
                     if tick is not None:
                         ticks.append(tick)
                 elif kind == "q":
-                    self._on_quote(self._quote.decode(raw), recv_ns)
+                    self._on_quote(self._quote.decode(raw))
                 elif kind in ("success", "error", "subscription"):
                     c = self._control.decode(raw)
                     if on_control is not None:
@@ -226,19 +213,14 @@ class AlpacaParser:
             return None
         if not (m.p > 0 and m.s > 0):
             raise ValueError(f"trade with price {m.p} and size {m.s}")
-        side = self.sides.side(m.p)
-        trade_id = str(m.i) if m.i is not None else None
-        return Tick(self.market_id, rfc3339_ns(m.t) // 1_000_000, m.p, m.s, side, trade_id,
-                    recv_ns, side != UNKNOWN_SIDE)
+        return m.parse_to_tick(self.market_id, self.sides.side(m.p), recv_ns)
 
-    def _on_quote(self, m: _Quote, recv_ns: int) -> None:
+    def _on_quote(self, m: _Quote) -> None:
         if m.S != self.symbol:
             return
-        ts_ns = rfc3339_ns(m.t)
+        book = m.parse_to_book(self.market_id)
         self.sides.quote(m.bp, m.ap)
-        bids = ((m.bp, m.bs),) if m.bp > 0 else ()
-        asks = ((m.ap, m.as_),) if m.ap > 0 else ()
-        self._pending = BookSnapshot(self.market_id, ts_ns // 1_000_000, bids, asks, ts_ns)
+        self._pending = book
 
     def _take_book(self) -> BookSnapshot | None:
         book = self._pending
@@ -269,46 +251,33 @@ class AlpacaParser:
         return book
 
 
-# ---- credentials and connector -------------------------------------------------------------
-
-
-def check_credentials(market: MarketConfig) -> str | None:
-    """The one line that stops start-up when the market's API key or secret is missing."""
-    names = {"api_key_env": market.api_key_env, "api_secret_env": market.api_secret_env}
-    unnamed = [k for k, v in names.items() if not v]
-    if unnamed:
-        return (f"market {market.id}: connector 'alpaca' needs {' and '.join(unnamed)} "
-                f"(names of the environment variables holding the Alpaca API key and secret)")
-    unset = [v for v in names.values() if v and not os.environ.get(v)]
-    if unset:
-        return (f"market {market.id}: connector 'alpaca' needs the environment variable(s) "
-                f"{', '.join(unset)} set to the Alpaca API key and secret")
-    return None
+# ---- the connector -------------------------------------------------------------------------
 
 
 class AlpacaConnector(StreamConnector):
     """Trades and top of book of one US symbol from Alpaca's stream."""
 
     name = "alpaca"
+    config: AlpacaConfig
+    config_type: ClassVar[type[ConnectorConfig]] = AlpacaConfig
+    authenticates = True
 
-    def __init__(
-        self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
-    ) -> None:
-        super().__init__(market, settings, checkpoints)
-        self.url = market.ws_url or DEFAULT_URL.format(feed=market.feed or "iex")
-        self.parser = AlpacaParser(market.id, market.symbol)
-        self.trailing = TrailingBook(f"book-trailing-{market.id}", self.parser.flush)
+    def __init__(self, config: AlpacaConfig, checkpoints: Checkpoints | None = None) -> None:
+        super().__init__(config, checkpoints)
+        m = self.market
+        self.stats: StreamStats = StreamStats(m.venue, secret_envs(m))
+        self.url = m.ws_url or DEFAULT_URL.format(feed=m.feed or "iex")
+        self.parser = AlpacaParser(m.id, m.symbol)
+        self.trailing = TrailingBook(f"book-trailing-{m.id}", self.parser.flush)
         self._held: BookSnapshot | None = None
 
-    async def run(self, out: Outbox) -> None:
+    @contextlib.asynccontextmanager
+    async def lifetime(self, out: Outbox) -> AsyncIterator[None]:
         self.trailing.start(out)
         try:
-            await super().run(out)
+            yield
         finally:
             await self.trailing.stop()
-
-    def credentials_error(self) -> str | None:
-        return check_credentials(self.market)
 
     def connect_url(self) -> str:
         return self.url
@@ -331,7 +300,11 @@ class AlpacaConnector(StreamConnector):
                 if kind == "error":
                     raise AlpacaError(code, msg)
 
+    async def on_frame(self, data: str | bytes, recv_ns: int) -> None:
+        await self.emit_frame(*self.decode(Frame(data, recv_ns)))
+
     def decode(self, frame: Frame) -> tuple[list[Tick], BookSnapshot | None]:
+        """Ticks and at most one book of a frame; what is malformed is counted and skipped."""
         got = self._feed(frame, self._control)
         held = self.parser.held
         if held is not None and held is not self._held:

@@ -2,18 +2,20 @@
 
 :class:`Backoff` spaces reconnect attempts: exponential, capped, with full jitter, and back to
 the first step once a connection has stayed healthy for ``healthy_s``. :class:`Watchdog` treats
-a connection that delivered nothing for ``timeout_s`` as dead: feed it on every message and run
-the receive loop under :meth:`Watchdog.guard`, which cancels it and raises
-:class:`SilentConnection`.
+a connection that delivered nothing for ``timeout_s`` as dead and raises
+:class:`SilentConnection`: either each wait for a message goes through :meth:`Watchdog.next`
+(the time spent handling a message does not count as silence), or a whole reader that feeds it
+runs under :meth:`Watchdog.guard`.
 
-Typical loop::
+The loop that uses both is :class:`aetherion.ingest.live.LiveConnector`::
 
     backoff, dog = Backoff(), Watchdog(10.0)
     while True:
         try:
             async with connect(url) as ws:
                 backoff.connected()
-                await dog.guard(read(ws))       # read() calls dog.feed() per message
+                while True:
+                    handle(await dog.next(ws.recv))
         except (OSError, SilentConnection, ...) as e:
             stats.on_error(e, where=url)        # last_error, its time, reconnects += 1
         await backoff.wait()
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 __all__ = ["Backoff", "SilentConnection", "Watchdog"]
@@ -103,6 +105,26 @@ class Watchdog:
             if left <= 0:
                 return
             await asyncio.sleep(min(left, self.timeout_s / 4) + 0.001)
+
+    async def next(self, receive: Callable[[], Awaitable[T]],
+                   quiet_ok: Callable[[], bool] = lambda: False) -> T:
+        """The next message, ``await receive()``; :class:`SilentConnection` when none comes
+        within ``timeout_s`` of starting to wait, unless ``quiet_ok()`` (silence is normal now,
+        e.g. outside market hours: wait again). ``receive`` must be safe to cancel."""
+        while True:
+            timer = asyncio.timeout(self.timeout_s)
+            try:
+                async with timer:
+                    item = await receive()
+            except TimeoutError:
+                if not timer.expired():
+                    raise  # receive() itself timed out
+                if quiet_ok():
+                    continue
+                self.fired += 1
+                raise SilentConnection(f"no message for {self.timeout_s:g} s") from None
+            self.feed()
+            return item
 
     async def guard(self, aw: Awaitable[T]) -> T:
         """Await ``aw``; if the connection goes silent first, cancel it and raise

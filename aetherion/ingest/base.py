@@ -1,7 +1,9 @@
-"""What every connector shares: its output, its connection state and its counters.
+"""What every connector shares: its config, its output, its connection state and its counters.
 
-A connector runs as one task per market (``await connector.run(out)``) until cancelled. It owns
-its reconnects; it normalizes venue messages into :class:`~aetherion.domain.Tick` batches and
+A connector is built from its own frozen config (:class:`ConnectorConfig` or a venue's subclass
+of it; :func:`aetherion.ingest.registry.build_connector` derives it from the settings) and runs
+as one task per market (``await connector.run(out)``) until cancelled. It owns its reconnects; it
+normalizes venue messages into :class:`~aetherion.domain.Tick` batches and
 :class:`~aetherion.domain.BookSnapshot` objects at the edge and puts them on ``out``, a bounded
 queue (so a slow pipeline slows the reader instead of growing memory).
 
@@ -21,14 +23,15 @@ import re
 import socket
 import time
 from collections import deque
-from typing import Any, Final, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 
-from aetherion.config import MarketConfig, Settings
+from aetherion.config import MarketConfig
 from aetherion.domain import Bar, BookSnapshot, Tick
 
 __all__ = [
-    "Checkpoints", "Connector", "ConnectorStats", "ConnState", "LatencyWindow", "Output",
-    "Outbox", "describe", "secret_envs"]
+    "Checkpoints", "ConnState", "Connector", "ConnectorConfig", "ConnectorStats",
+    "LatencyWindow", "Outbox", "Output", "Resumable", "describe", "secret_envs"]
 
 ConnState = Literal[
     "connecting", "live", "reconnecting", "resyncing", "failed", "closed", "stopped"
@@ -182,18 +185,32 @@ class Checkpoints(Protocol):
     async def set_state(self, key: str, value: dict[str, Any]) -> None: ...
 
 
+@runtime_checkable
+class Resumable(Protocol):
+    """A connector that makes its prices up (the simulator): it goes on from a stored price."""
+
+    def resume(self, price: float, ts_ms: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """What a connector is built from: its market (venue, symbol, URLs, credential names).
+    Venues add their own options in a subclass (defaults are the production values)."""
+
+    market: MarketConfig
+
+
 class Connector(abc.ABC):
     """One market's source of ticks and books."""
 
-    name: str = "connector"
+    name: ClassVar[str] = "connector"
+    config_type: ClassVar[type[ConnectorConfig]] = ConnectorConfig
 
-    def __init__(
-        self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
-    ) -> None:
-        self.market = market
-        self.settings = settings
+    def __init__(self, config: ConnectorConfig, checkpoints: Checkpoints | None = None) -> None:
+        self.config = config
+        self.market = config.market
         self.checkpoints = checkpoints
-        self.stats = ConnectorStats(secret_envs(market))
+        self.stats = ConnectorStats(secret_envs(self.market))
         self.processed_tick: Tick | None = None  # newest tick the pipeline has taken
 
     def processed(self, tick: Tick) -> None:
@@ -202,7 +219,7 @@ class Connector(abc.ABC):
         self.processed_tick = tick
 
     async def save_checkpoint(self) -> None:  # noqa: B027 - most connectors keep none
-        """Record the processed position now (the server calls it once the queue is drained)."""
+        """Record the position now (the server calls it once the queue is drained)."""
 
     @abc.abstractmethod
     async def run(self, out: Outbox) -> None:

@@ -1,19 +1,21 @@
 """Native Binance spot connector: its own websocket client for ``<symbol>@trade`` and
-``<symbol>@depth@100ms``, ccxt for REST (markets, depth snapshots, trade backfill).
+``<symbol>@depth@100ms`` (the session of :mod:`aetherion.ingest.stream`), ccxt for REST
+(markets, depth snapshots, trade backfill, klines).
 
 Frames are decoded in one pass into typed msgspec Structs (a union tagged by the event type
-``e``); a frame that does not decode is counted in ``stats.malformed``, logged with a truncated
-payload and skipped. Trade ids are consecutive per symbol, so a hole is a gap: the missing
-trades are fetched over REST by id (``historicalTrades``, public, no key) and put out in order
-before the trade that revealed the hole; duplicates are dropped. After every (re)connect the
-connector first catches up from the last processed id to the newest trade. The last processed
-id is checkpointed (``connector:<market>`` in ``system_state``) so a restart resumes there.
+``e``) that convert themselves (``parse_to_tick``, ``parse_to_bar``); a frame that does not
+decode is counted in ``stats.malformed``, logged with a truncated payload and skipped. Trade ids
+are consecutive per symbol, so a hole is a gap: the missing trades are fetched over REST by id
+(``historicalTrades``, public, no key) and put out in order before the trade that revealed the
+hole; duplicates are dropped. After every (re)connect the connector first catches up from the
+last processed id to the newest trade. The last processed id is checkpointed
+(``connector:<market>`` in ``system_state``) so a restart resumes there.
 
-Errors::
+Errors (besides those of the websocket session)::
 
-    BinanceError             a REST answer that cannot be used (bad symbol is final)
-    SilentConnection         (backoff) the socket went quiet: reconnect
-    websockets / OS / ccxt network errors: reconnect with back-off
+    BadSymbol (ccxt)          the symbol is unknown: stop
+    BinanceError              a REST answer that cannot be used: retry
+    ccxt network / exchange errors: retry (their text names the URL)
 """
 
 from __future__ import annotations
@@ -21,23 +23,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlencode
 
 import ccxt.async_support as ccxt_async
 import msgspec
 import structlog
-import websockets
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, Bar, BookSnapshot, Tick
-from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
-from aetherion.ingest.base import Checkpoints, Connector, Outbox
+from aetherion.ingest.base import Checkpoints, ConnectorConfig, Outbox
+from aetherion.ingest.checkpoint import Position
+from aetherion.ingest.live import Failure
 from aetherion.ingest.orderbook import OrderBook, TrailingBook
+from aetherion.ingest.stream import StreamConfig, StreamConnector
 
-__all__ = ["BinanceConnector", "BinanceDecoder", "BinanceError", "DepthMsg", "TradeMsg"]
+__all__ = [
+    "BinanceConfig", "BinanceConnector", "BinanceDecoder", "BinanceError", "DepthMsg",
+    "Kline", "RestTrade", "TradeMsg",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +50,8 @@ WS_URL = "wss://stream.binance.com:9443/stream"
 REST_URL = "https://api.binance.com/api/v3"
 #: Binance kline intervals among our timeframes (it has no 5s klines).
 KLINE_INTERVALS = frozenset({"1s", "1m", "5m", "15m", "1h", "4h", "1d"})
-REST_PAGE = 1000  # historicalTrades maximum
+REST_PAGE = 1000  # historicalTrades and klines maximum
 RAW_LOG_CHARS = 200
-RETRYABLE: tuple[type[BaseException], ...] = (
-    OSError, ConnectionClosed, InvalidHandshake, SilentConnection, TimeoutError,
-    ccxt_async.NetworkError, ccxt_async.ExchangeNotAvailable,
-)
 
 
 class BinanceError(Exception):
@@ -75,6 +76,10 @@ class TradeMsg(msgspec.Struct, tag_field="e", tag="trade", frozen=True, gc=False
     T: int  # trade time
     m: bool  # buyer is the maker: the aggressor sold
 
+    def parse_to_tick(self, market_id: str, recv_ns: int) -> Tick:
+        return Tick(market_id, self.T, self.p, self.q, SELL if self.m else BUY, str(self.t),
+                    recv_ns)
+
 
 class DepthMsg(msgspec.Struct, tag_field="e", tag="depthUpdate", frozen=True):
     E: int
@@ -89,18 +94,47 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
     data: TradeMsg | DepthMsg  # "stream" is not read: "data" says what it is and for which symbol
 
 
-class _RestTrade(msgspec.Struct, frozen=True):
+class RestTrade(msgspec.Struct, frozen=True):
+    """A row of ``trades`` / ``historicalTrades``."""
+
     id: int
     price: Price
     qty: Size
     time: int
-    isBuyerMaker: bool  # noqa: N815 - Binance's name
+    buyer_maker: bool = msgspec.field(name="isBuyerMaker")
+
+    def parse_to_tick(self, market_id: str) -> Tick:
+        """Not received live: ``recv_ns`` 0 keeps it out of the latency figures."""
+        return Tick(market_id, self.time, self.price, self.qty,
+                    SELL if self.buyer_maker else BUY, str(self.id))
 
 
-class _Snapshot(msgspec.Struct, frozen=True):
-    lastUpdateId: int  # noqa: N815 - Binance's name
+class DepthSnapshot(msgspec.Struct, frozen=True):
+    last_update_id: int = msgspec.field(name="lastUpdateId")
     bids: list[tuple[Price, Size]]
     asks: list[tuple[Price, Size]]
+
+
+class Kline(msgspec.Struct, array_like=True, frozen=True):
+    """A row of ``klines`` (later fields of the row are not read)."""
+
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    close_time: int
+    quote_volume: float
+    trades: int
+    taker_buy_volume: float
+
+    def parse_to_bar(self, market_id: str, timeframe: str) -> Bar:
+        """A closed bar; the taker-buy volume is the buy volume (so volume delta is known)."""
+        buy = self.taker_buy_volume
+        return Bar(market_id, timeframe, self.open_time, self.open, self.high, self.low,
+                   self.close, self.volume, buy, self.volume - buy, self.trades, True,
+                   first_ts=self.open_time, last_ts=self.close_time)
 
 
 class BinanceDecoder:
@@ -116,97 +150,71 @@ class BinanceDecoder:
         return self._decoder.decode(raw).data
 
     def tick(self, m: TradeMsg, recv_ns: int) -> Tick:
-        return Tick(self.market_id, m.T, m.p, m.q, SELL if m.m else BUY, str(m.t), recv_ns)
+        return m.parse_to_tick(self.market_id, recv_ns)
 
-    def rest_ticks(self, rows: list[_RestTrade]) -> list[Tick]:
-        mid = self.market_id
-        return [Tick(mid, r.time, r.price, r.qty, SELL if r.isBuyerMaker else BUY, str(r.id))
-                for r in rows]
+
+def _convert(body: Any, kind: Any, what: str) -> Any:
+    """A REST answer as typed rows; :class:`BinanceError` when it is not what Binance sends."""
+    try:
+        return msgspec.convert(body, kind, strict=False)
+    except msgspec.ValidationError as e:
+        raise BinanceError(f"unexpected {what} answer: {e}") from e
 
 
 # ---- the connector -------------------------------------------------------------------------
 
 
-class BinanceConnector(Connector):
-    """One Binance spot market. Options beyond the factory's three arguments are for tests and
-    tuning: ``watchdog_s`` (silence that counts as a dead socket), ``backoff``, ``book_depth``
-    and ``book_interval_s`` (top-N snapshots put out at most this often; the newest one goes out
-    when the interval ends, if it differs from the last one sent), ``max_backfill``
-    (largest hole filled over REST; a bigger one is logged and partly skipped)."""
+@dataclass(frozen=True, slots=True)
+class BinanceConfig(StreamConfig):
+    """``book_depth`` levels a side go out at most every ``book_interval_s`` (the newest book
+    goes out when the interval ends, if it differs from the last one sent); ``max_backfill``:
+    the largest hole filled over REST (a bigger one is logged and partly skipped)."""
+
+    book_depth: int = 20
+    book_interval_s: float = 0.25
+    max_backfill: int = 200_000
+
+
+class BinanceConnector(StreamConnector):
+    """One Binance spot market."""
 
     name = "binance"
+    config: BinanceConfig
+    config_type: ClassVar[type[ConnectorConfig]] = BinanceConfig
+    checkpoint_prefix = "connector:"
+    max_frame_bytes = 2**24
 
-    def __init__(self, market: MarketConfig, settings: Settings,
-                 checkpoints: Checkpoints | None = None, *, watchdog_s: float = 10.0,
-                 backoff: Backoff | None = None, book_depth: int = 20,
-                 book_interval_s: float = 0.25, max_backfill: int = 200_000,
-                 checkpoint_every_s: float = 1.0) -> None:
-        super().__init__(market, settings, checkpoints)
-        self.ws_url = (market.ws_url or WS_URL).rstrip("/")
-        self.rest_url = (market.rest_url or REST_URL).rstrip("/")
-        self.symbol_id = market.symbol.replace("/", "").upper()
-        self.decoder = BinanceDecoder(market.id)
-        self.book = OrderBook(market.id)
-        self.backoff = backoff or Backoff()
-        self.watchdog = Watchdog(watchdog_s)
-        self.book_depth, self.book_interval_s = book_depth, book_interval_s
-        self.max_backfill = max_backfill
-        self.checkpoint_every_s = checkpoint_every_s
+    def __init__(self, config: BinanceConfig, checkpoints: Checkpoints | None = None) -> None:
+        super().__init__(config, checkpoints)
+        m = self.market
+        self.ws_url = (m.ws_url or WS_URL).rstrip("/")
+        self.rest_url = (m.rest_url or REST_URL).rstrip("/")
+        self.symbol_id = m.symbol.replace("/", "").upper()
+        self.decoder = BinanceDecoder(m.id)
+        self.book = OrderBook(m.id)
         self.last_id: int | None = None  # last trade id put out
         self.duplicates = 0
-        self._out: Outbox | None = None
         self._rest: Any = None
         self._book_task: asyncio.Task[None] | None = None
         self._book_sent = 0.0
         self._book_ts = 0  # event time of the last diff applied to the live book
         self._last_book: BookSnapshot | None = None  # the last book put out
-        self.trailing = TrailingBook(f"book-trailing-{market.id}", self._trailing_book)
-        self._saved_id: int | None = None
-        self._saved_at = 0.0
-        self._sessions = 0
+        self.trailing = TrailingBook(f"book-trailing-{m.id}", self._trailing_book)
         self._handlers: dict[type, Callable[[Any, int], Awaitable[None]]] = {
             TradeMsg: self._on_trade, DepthMsg: self._on_depth}
 
-    @property
-    def checkpoint_key(self) -> str:
-        return f"connector:{self.market.id}"
+    # the session -------------------------------------------------------------------------------
 
-    # lifecycle ---------------------------------------------------------------------------------
-
-    async def run(self, out: Outbox) -> None:
-        self._out = out
+    @contextlib.asynccontextmanager
+    async def lifetime(self, out: Outbox) -> AsyncIterator[None]:
         self._rest = self._make_rest()
         self.trailing.start(out)
         try:
-            await self._load_checkpoint()
-            while True:
-                try:
-                    await self._session()
-                except ccxt_async.BadSymbol as e:
-                    log.error("binance: unknown symbol, giving up", market=self.market.id,
-                              symbol=self.market.symbol,
-                              error=self.stats.on_error(e, state="failed"))
-                    return
-                except RETRYABLE as e:
-                    log.warning("binance: connection lost", market=self.market.id,
-                                error=self.stats.on_error(e, where=self._where(e)))
-                except (BinanceError, ccxt_async.ExchangeError) as e:
-                    log.warning("binance: REST error", market=self.market.id,
-                                error=self.stats.on_error(e))
-                await self._stop_book_task()
-                await self._save_checkpoint(force=True)
-                await self.backoff.wait()
+            yield
         finally:
-            if self.stats.state != "failed":
-                self.stats.state = "stopped"
             await self._stop_book_task()
             await self.trailing.stop()
-            await self._save_checkpoint(force=True)
             await self._rest.close()
-
-    def _where(self, e: BaseException) -> str | None:
-        """The websocket's URL for a websocket failure (ccxt's messages name their own URL)."""
-        return None if isinstance(e, ccxt_async.BaseError) else self.ws_url
 
     def _make_rest(self) -> Any:
         ex = ccxt_async.binance({"enableRateLimit": True, "timeout": 10_000,
@@ -214,49 +222,68 @@ class BinanceConnector(Connector):
         ex.urls["api"]["public"] = self.rest_url
         return ex
 
-    async def _session(self) -> None:
-        self.stats.state = "connecting" if not self._sessions else "reconnecting"
+    def connect_url(self) -> str:
+        sym = self.symbol_id.lower()
+        return f"{self.ws_url}?streams={sym}@trade/{sym}@depth@100ms"
+
+    def socket_options(self) -> dict[str, Any]:
+        t = self.config.watchdog_s
+        return {"ping_interval": t / 2, "ping_timeout": t, "close_timeout": 1.0,
+                "max_queue": 8192}
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
         if not self._rest.markets:
             await self._rest.load_markets()  # exchangeInfo; BadSymbol when unknown
             self.symbol_id = self._rest.market(self.market.symbol)["id"]
-        streams = f"{self.symbol_id.lower()}@trade/{self.symbol_id.lower()}@depth@100ms"
-        timeout = self.watchdog.timeout_s
-        async with websockets.connect(
-            f"{self.ws_url}?streams={streams}", open_timeout=timeout,
-            ping_interval=timeout / 2, ping_timeout=timeout, close_timeout=1.0,
-            max_size=2**24, max_queue=8192,
-        ) as ws:
-            self._sessions += 1
-            self.backoff.connected()
-            log.info("binance: connected", market=self.market.id, url=self.ws_url)
-            await self._start_resync()
-            if self.last_id is not None:
-                await self._backfill(self.last_id + 1, None)
-            await self.watchdog.guard(self._read(ws))
-
-    async def _read(self, ws: websockets.ClientConnection) -> None:
-        stats, dog, decode, handlers = (self.stats, self.watchdog, self.decoder.decode,
-                                        self._handlers)
-        async for raw in ws:
-            recv_ns = time.time_ns()
-            dog.feed()
-            stats.on_messages()
+        async with super().connect():
             try:
-                msg = decode(raw)
-            except msgspec.DecodeError as e:
-                self._malformed(raw, str(e))
-                continue
-            if msg.s != self.symbol_id:
-                self._malformed(raw, f"symbol {msg.s!r}, expected {self.symbol_id!r}")
-                continue
-            await handlers[type(msg)](msg, recv_ns)
-        raise ConnectionError("closed by the server")
+                yield
+            finally:
+                await self._stop_book_task()
+
+    async def catch_up(self) -> None:
+        """The book from a fresh snapshot (``resyncing`` until then), the trades missed."""
+        await self._start_resync()
+        if self.last_id is not None:
+            await self._backfill(self.last_id + 1, None)
+
+    def classify(self, error: Exception) -> Failure | None:
+        if isinstance(error, ccxt_async.BadSymbol):
+            return Failure(error, stop=True)
+        if isinstance(error, ccxt_async.NetworkError | ccxt_async.ExchangeError | BinanceError):
+            return Failure(error)  # ccxt's messages name their own URL
+        return super().classify(error)
+
+    async def on_frame(self, data: str | bytes, recv_ns: int) -> None:
+        try:
+            msg = self.decoder.decode(data)
+        except msgspec.DecodeError as e:
+            self._malformed(data, str(e))
+            return
+        if msg.s != self.symbol_id:
+            self._malformed(data, f"symbol {msg.s!r}, expected {self.symbol_id!r}")
+            return
+        await self._handlers[type(msg)](msg, recv_ns)
 
     def _malformed(self, raw: str | bytes, why: str) -> None:
         self.stats.malformed += 1
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         log.warning("binance: malformed message skipped", market=self.market.id, error=why,
                     raw=text[:RAW_LOG_CHARS])
+
+    # checkpoint --------------------------------------------------------------------------------
+
+    def position(self) -> Position | None:
+        tick = self.processed_tick
+        tid = tick.trade_id if tick is not None else None
+        return {"last_trade_id": int(tid)} if tid and tid.isdigit() else None
+
+    def restore(self, state: Position) -> None:
+        last = state.get("last_trade_id")
+        if isinstance(last, int):
+            self.last_id = last
+            log.info("binance: resuming after checkpoint", market=self.market.id, last_id=last)
 
     # trades ------------------------------------------------------------------------------------
 
@@ -270,13 +297,9 @@ class BinanceConnector(Connector):
                 await self._backfill(last + 1, m.t - 1)
                 if self.last_id is not None and m.t <= self.last_id:
                     return
-        await self._emit([self.decoder.tick(m, recv_ns)])
+        await self.emit([m.parse_to_tick(self.market.id, recv_ns)])
         self.last_id = m.t
-        await self._save_checkpoint()
-
-    async def _emit(self, ticks: list[Tick]) -> None:
-        if ticks and self._out is not None:
-            await self._out.put(ticks)
+        await self.checkpointer.save()
 
     async def _backfill(self, first: int, last: int | None) -> None:
         """Put out trades ``first..last`` (``None``: up to the newest) fetched over REST."""
@@ -285,10 +308,11 @@ class BinanceConnector(Connector):
             if newest is None or newest < first:
                 return
             last = newest
-        if last - first + 1 > self.max_backfill:
+        if last - first + 1 > self.config.max_backfill:
             log.error("binance: hole too large to backfill, skipping its start",
-                      market=self.market.id, first=first, last=last, kept=self.max_backfill)
-            first = last - self.max_backfill + 1
+                      market=self.market.id, first=first, last=last,
+                      kept=self.config.max_backfill)
+            first = last - self.config.max_backfill + 1
         self.stats.gaps_detected += 1
         log.info("binance: backfilling", market=self.market.id, first=first, last=last)
         next_id, complete = first, True
@@ -297,7 +321,7 @@ class BinanceConnector(Connector):
             if not rows:
                 break
             complete &= all(r.id == next_id + i for i, r in enumerate(rows))
-            await self._emit(self.decoder.rest_ticks(rows))
+            await self.emit([r.parse_to_tick(self.market.id) for r in rows])
             self.stats.backfilled += len(rows)
             next_id = rows[-1].id + 1
             self.last_id = rows[-1].id
@@ -306,11 +330,23 @@ class BinanceConnector(Connector):
         else:
             log.error("binance: gap not fully filled", market=self.market.id, first=first,
                       last=last, reached=next_id - 1)
-        await self._save_checkpoint()
+        await self.checkpointer.save()
+
+    async def _fetch_trades(self, from_id: int) -> list[RestTrade]:
+        query = urlencode({"symbol": self.symbol_id, "fromId": from_id, "limit": REST_PAGE})
+        await self._rest.throttle(10)
+        body = await self._rest.fetch(f"{self.rest_url}/historicalTrades?{query}", "GET")
+        rows: list[RestTrade] = _convert(body, list[RestTrade], "historicalTrades")
+        return rows
+
+    async def _newest_id(self) -> int | None:
+        body = await self._rest.publicGetTrades({"symbol": self.symbol_id, "limit": 1})
+        rows: list[RestTrade] = _convert(body, list[RestTrade], "trades")
+        return rows[-1].id if rows else None
 
     async def history(self, timeframe: str, limit: int, end_ms: int) -> list[Bar]:
-        """Closed klines before ``end_ms`` from the public REST API, with the taker-buy volume
-        as buy volume (so volume delta is known); empty for an interval Binance has not."""
+        """Closed klines before ``end_ms`` from the public REST API; empty for an interval
+        Binance has not."""
         if timeframe not in KLINE_INTERVALS or limit <= 0:
             return []
         own = self._rest is None
@@ -320,45 +356,21 @@ class BinanceConnector(Connector):
             end = end_ms - 1
             while len(bars) < limit:
                 query = urlencode({"symbol": self.symbol_id, "interval": timeframe,
-                                   "endTime": end, "limit": min(1000, limit - len(bars))})
+                                   "endTime": end, "limit": min(REST_PAGE, limit - len(bars))})
                 body = await rest.fetch(f"{self.rest_url}/klines?{query}", "GET")
-                rows = self._convert(body, list[tuple[Any, ...]], "klines")
-                page = [self._kline(timeframe, r) for r in rows if int(r[6]) < end_ms]
+                rows: list[Kline] = _convert(body, list[Kline], "klines")
+                page = [k.parse_to_bar(self.market.id, timeframe) for k in rows
+                        if k.close_time < end_ms]
                 if not page:
                     break
                 bars[:0] = page
                 end = page[0].open_time - 1
-                if len(rows) < 1000:
+                if len(rows) < REST_PAGE:
                     break
         finally:
             if own:
                 await rest.close()
         return bars[-limit:]
-
-    def _kline(self, timeframe: str, r: tuple[Any, ...]) -> Bar:
-        vol, buy = float(r[5]), float(r[9])
-        return Bar(self.market.id, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]),
-                   float(r[4]), vol, buy, vol - buy, int(r[8]), True,
-                   first_ts=int(r[0]), last_ts=int(r[6]))
-
-    async def _fetch_trades(self, from_id: int) -> list[_RestTrade]:
-        query = urlencode({"symbol": self.symbol_id, "fromId": from_id, "limit": REST_PAGE})
-        await self._rest.throttle(10)
-        body = await self._rest.fetch(f"{self.rest_url}/historicalTrades?{query}", "GET")
-        rows: list[_RestTrade] = self._convert(body, list[_RestTrade], "historicalTrades")
-        return rows
-
-    async def _newest_id(self) -> int | None:
-        body = await self._rest.publicGetTrades({"symbol": self.symbol_id, "limit": 1})
-        rows = self._convert(body, list[_RestTrade], "trades")
-        return rows[-1].id if rows else None
-
-    @staticmethod
-    def _convert(body: Any, kind: Any, what: str) -> Any:
-        try:
-            return msgspec.convert(body, kind, strict=False)
-        except msgspec.ValidationError as e:
-            raise BinanceError(f"unexpected {what} answer: {e}") from e
 
     # order book --------------------------------------------------------------------------------
 
@@ -374,22 +386,22 @@ class BinanceConnector(Connector):
             return
         self._book_ts = m.E
         now = time.monotonic()
-        if now - self._book_sent >= self.book_interval_s:
+        interval = self.config.book_interval_s
+        if now - self._book_sent >= interval:
             self._book_sent = now
             await self._emit_book(m.E)
         else:
-            self.trailing.hold(self._book_sent + self.book_interval_s - now)
+            self.trailing.hold(self._book_sent + interval - now)
 
     async def _emit_book(self, ts: int) -> None:
-        if self._out is not None:
-            self._last_book = self.book.top(self.book_depth, ts)
-            await self._out.put(self._last_book)
+        self._last_book = self.book.top(self.config.book_depth, ts)
+        await self.emit_book(self._last_book)
 
     def _trailing_book(self) -> BookSnapshot | None:
         """The live book at the end of the interval, unless it shows what was last sent."""
         if self.book.state != "live":
             return None
-        book, last = self.book.top(self.book_depth, self._book_ts), self._last_book
+        book, last = self.book.top(self.config.book_depth, self._book_ts), self._last_book
         if last is not None and (last.state, last.bids, last.asks) == ("live", book.bids,
                                                                        book.asks):
             return None
@@ -415,13 +427,13 @@ class BinanceConnector(Connector):
         while True:
             try:
                 body = await self._rest.publicGetDepth({"symbol": self.symbol_id, "limit": 1000})
-                snap: _Snapshot = self._convert(body, _Snapshot, "depth")
-                if self.book.on_snapshot(snap.lastUpdateId, snap.bids, snap.asks):
+                snap: DepthSnapshot = _convert(body, DepthSnapshot, "depth")
+                if self.book.on_snapshot(snap.last_update_id, snap.bids, snap.asks):
                     self.stats.state = "live"
                     self._book_sent = time.monotonic()
                     await self._emit_book(int(time.time() * 1000))
                     log.info("binance: book in sync", market=self.market.id,
-                             update_id=snap.lastUpdateId)
+                             update_id=snap.last_update_id)
                     return
             except (ccxt_async.NetworkError, ccxt_async.ExchangeError, BinanceError) as e:
                 log.warning("binance: depth snapshot failed", market=self.market.id,
@@ -435,37 +447,3 @@ class BinanceConnector(Connector):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    # checkpoints -------------------------------------------------------------------------------
-
-    async def _load_checkpoint(self) -> None:
-        if self.checkpoints is None:
-            return
-        try:
-            state = await self.checkpoints.get_state(self.checkpoint_key)
-        except Exception as e:  # noqa: BLE001 - a store that is down must not stop ingest
-            log.warning("binance: checkpoint not readable", market=self.market.id, error=str(e))
-            return
-        last = (state or {}).get("last_trade_id")
-        if isinstance(last, int):
-            self.last_id = self._saved_id = last
-            log.info("binance: resuming after checkpoint", market=self.market.id, last_id=last)
-
-    async def save_checkpoint(self) -> None:
-        await self._save_checkpoint(force=True)
-
-    async def _save_checkpoint(self, force: bool = False) -> None:
-        now = time.monotonic()
-        tid = self.processed_tick.trade_id if self.processed_tick is not None else None
-        last = int(tid) if tid and tid.isdigit() else None
-        if (self.checkpoints is None or last is None or last == self._saved_id
-                or (not force and now - self._saved_at < self.checkpoint_every_s)):
-            return
-        self._saved_at = now
-        try:
-            await self.checkpoints.set_state(self.checkpoint_key,
-                                             {"last_trade_id": last,
-                                              "saved_ms": int(time.time() * 1000)})
-            self._saved_id = last
-        except Exception as e:  # noqa: BLE001 - retried at the next save
-            log.warning("binance: checkpoint not saved", market=self.market.id, error=str(e))

@@ -1,11 +1,14 @@
 """Any ccxt exchange: trades and order book through ``ccxt.pro``'s ``watch_trades`` and
 ``watch_order_book``, behind the same interface as the native clients.
 
-ccxt.pro keeps its own connection, but a frame it cannot parse raises inside its receive
-callback and its receive loop stops without a word. So: every client ccxt creates gets a guard
-around its frame handler (the frame is counted in ``stats.malformed``, logged truncated and
-skipped), every watch call runs under a :class:`~aetherion.ingest.backoff.Watchdog`, and any
-failure replaces the whole exchange object (fresh sockets, fresh state) after a back-off.
+The session loop is the shared one (:mod:`aetherion.ingest.live`); a session is one exchange
+object: ``connect`` builds it and loads its markets, ``catch_up`` subscribes to the book and the
+trades and backfills, ``read`` watches both, each wait under the watchdog. ccxt.pro keeps its own
+connection, but a frame it cannot parse raises inside its receive callback and its receive loop
+stops without a word. So: every client ccxt creates gets a guard around its frame handler (the
+frame is counted in ``stats.malformed``, logged truncated and skipped), every watch call is
+watched, and any failure replaces the whole exchange object (fresh sockets, fresh state) after a
+back-off. ccxt's unified trades are validated into :class:`CcxtTrade` before they become ticks.
 
 Backfill after a reconnect (or a restart, from the checkpointed last trade) goes through REST:
 
@@ -18,27 +21,37 @@ Backfill after a reconnect (or a restart, from the checkpointed last trade) goes
 ``urls`` of the exchange are pointed at ``ws_url`` / ``rest_url`` when the market sets them (a
 testnet or a local test server): every websocket URL becomes ``ws_url`` and every REST URL
 ``rest_url``.
+
+Errors (besides those of the loop)::
+
+    no such ccxt.pro exchange    stop before connecting
+    BadSymbol                    stop
+    ccxt NetworkError / ExchangeError (their text names the URL): retry
 """
+
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
+import sys
 import time
 from collections import deque
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import ccxt.pro as ccxtpro
+import msgspec
 import structlog
 
-from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
-from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
-from aetherion.ingest.base import Checkpoints, Connector, Outbox
+from aetherion.ingest.base import Checkpoints, ConnectorConfig
+from aetherion.ingest.checkpoint import Position
+from aetherion.ingest.live import Failure, LiveConfig, LiveConnector
 
-__all__ = ["CcxtConnector"]
+__all__ = ["CcxtConfig", "CcxtConnector", "CcxtTrade", "parse_to_book"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +61,33 @@ EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
     "binance": {"fetchMarkets": {"types": ["spot"]}},
     "binanceus": {"fetchMarkets": {"types": ["spot"]}},
 }
-RETRYABLE: tuple[type[BaseException], ...] = (
-    ccxtpro.NetworkError, ccxtpro.ExchangeError, SilentConnection, OSError, TimeoutError,
-)
+
+#: A finite number above 0 (not a bool).
+Positive = Annotated[float, msgspec.Meta(gt=0, le=sys.float_info.max)]
+
+
+class CcxtTrade(msgspec.Struct, frozen=True):
+    """ccxt's unified trade, as far as a tick needs it (other keys are not read)."""
+
+    price: Positive
+    amount: Positive
+    timestamp: int
+    id: str | int
+    side: Any = None
+
+    def parse_to_tick(self, market_id: str, recv_ns: int) -> Tick:
+        side = BUY if self.side == "buy" else SELL if self.side == "sell" else UNKNOWN_SIDE
+        return Tick(market_id, self.timestamp, self.price, self.amount, side, str(self.id),
+                    recv_ns)
+
+
+def parse_to_book(ob: Any, market_id: str, depth: int) -> BookSnapshot:
+    """The top ``depth`` levels a side of ccxt's order book."""
+    return BookSnapshot(
+        market_id, int(ob.get("timestamp") or time.time() * 1000),
+        tuple((float(p), float(q)) for p, q, *_ in ob["bids"][:depth]),
+        tuple((float(p), float(q)) for p, q, *_ in ob["asks"][:depth]),
+        ob.get("nonce"), "live")
 
 
 def _point_urls(node: Any, ws_url: str | None, rest_url: str | None) -> Any:
@@ -64,21 +101,26 @@ def _point_urls(node: Any, ws_url: str | None, rest_url: str | None) -> Any:
     return node
 
 
-class CcxtConnector(Connector):
+@dataclass(frozen=True, slots=True)
+class CcxtConfig(LiveConfig):
+    """``book_depth`` levels a side go out at most every ``book_interval_s``."""
+
+    watchdog_s: float = 15.0
+    book_depth: int = 20
+    book_interval_s: float = 0.25
+
+
+class CcxtConnector(LiveConnector):
     """One market of any ccxt.pro exchange (``market.exchange``, a ccxt id)."""
 
     name = "ccxt"
+    config: CcxtConfig
+    config_type: ClassVar[type[ConnectorConfig]] = CcxtConfig
+    checkpoint_prefix = "connector:"
 
-    def __init__(self, market: MarketConfig, settings: Settings,
-                 checkpoints: Checkpoints | None = None, *, watchdog_s: float = 15.0,
-                 backoff: Backoff | None = None, book_depth: int = 20,
-                 book_interval_s: float = 0.25, checkpoint_every_s: float = 1.0) -> None:
-        super().__init__(market, settings, checkpoints)
-        self.exchange_id = market.exchange or "binance"
-        self.backoff = backoff or Backoff()
-        self.watchdog_s = watchdog_s
-        self.book_depth, self.book_interval_s = book_depth, book_interval_s
-        self.checkpoint_every_s = checkpoint_every_s
+    def __init__(self, config: CcxtConfig, checkpoints: Checkpoints | None = None) -> None:
+        super().__init__(config, checkpoints)
+        self.exchange_id = self.market.exchange or "binance"
         self.consecutive = self.exchange_id in CONSECUTIVE_IDS
         self.last_id: int | None = None  # consecutive-id exchanges
         self.last_ts = 0
@@ -86,46 +128,65 @@ class CcxtConnector(Connector):
         self._recent_set: set[str] = set()
         self.duplicates = 0
         self.ex: Any = None
-        self._out: Outbox | None = None
         self._book_sent = 0.0
-        self._saved: tuple[int | None, int] = (None, 0)
-        self._saved_at = 0.0
-        self._sessions = 0
+        self._trades: asyncio.Future[Any] | None = None  # the first watch_trades call
+        self._book_task: asyncio.Task[None] | None = None
 
-    @property
-    def checkpoint_key(self) -> str:
-        return f"connector:{self.market.id}"
+    # the session -------------------------------------------------------------------------------
 
-    # lifecycle ---------------------------------------------------------------------------------
-
-    async def run(self, out: Outbox) -> None:
-        self._out = out
+    def problem(self) -> str | None:
         if not hasattr(ccxtpro, self.exchange_id):
-            self.stats.on_error(f"no such ccxt.pro exchange {self.exchange_id!r}",
-                                state="failed")
-            log.error("ccxt: no such ccxt.pro exchange", market=self.market.id,
-                      exchange=self.exchange_id)
-            return
-        await self._load_checkpoint()
+            return f"no such ccxt.pro exchange {self.exchange_id!r}"
+        return super().problem()
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
+        self.ex = self._make_exchange()
         try:
-            while True:
-                try:
-                    await self._session()
-                except ccxtpro.BadSymbol as e:
-                    log.error("ccxt: unknown symbol, giving up", market=self.market.id,
-                              error=self.stats.on_error(e, state="failed"))
-                    return
-                except RETRYABLE as e:
-                    log.warning("ccxt: connection lost", market=self.market.id,
-                                error=self.stats.on_error(e))
-                await self._close()
-                await self._save_checkpoint(force=True)
-                await self.backoff.wait()
+            await self.ex.load_markets()
+            self.ex.market(self.market.symbol)  # BadSymbol when unknown
+            yield
         finally:
-            if self.stats.state != "failed":
-                self.stats.state = "stopped"
-            await self._close()
-            await self._save_checkpoint(force=True)
+            pending = [f for f in (self._trades, self._book_task) if f is not None]
+            self._trades = self._book_task = None
+            for f in pending:
+                f.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            ex, self.ex = self.ex, None
+            with contextlib.suppress(Exception):
+                await ex.close()
+
+    async def catch_up(self) -> None:
+        """Trades subscribed first, then backfilled (nothing falls between what is fetched and
+        what streams); the book watched meanwhile (``resyncing`` until it comes)."""
+        self.stats.state = "resyncing"
+        await self._emit_resyncing()
+        self._trades = asyncio.ensure_future(self.ex.watch_trades(self.market.symbol))
+        self._book_task = asyncio.create_task(self._book_loop(),
+                                              name=f"ccxt-book-{self.market.id}")
+        if self.last_id is not None or self.last_ts:
+            await self._backfill()
+
+    async def read(self) -> None:
+        first, book = self._trades, self._book_task
+        if first is None or book is None:
+            raise ConnectionError("not connected")
+        trades = asyncio.create_task(self._trades_loop(first),
+                                     name=f"ccxt-trades-{self.market.id}")
+        try:
+            done, _ = await asyncio.wait((trades, book), return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            trades.cancel()
+            await asyncio.gather(trades, return_exceptions=True)
+
+    def classify(self, error: Exception) -> Failure | None:
+        if isinstance(error, ccxtpro.BadSymbol):
+            return Failure(error, stop=True)
+        if isinstance(error, ccxtpro.NetworkError | ccxtpro.ExchangeError):
+            return Failure(error)  # ccxt's messages name their own URL
+        return super().classify(error)
 
     def _make_exchange(self) -> Any:
         cls = getattr(ccxtpro, self.exchange_id)
@@ -140,7 +201,7 @@ class CcxtConnector(Connector):
                     def guarded(data: Any) -> None:
                         try:
                             handle(data)
-                        except Exception as e:  # noqa: BLE001 - the frame is counted, skipped
+                        except Exception as e:  # the frame is counted and skipped
                             on_bad(data, e)
 
                     c.handle_text_or_binary_message = guarded
@@ -158,32 +219,6 @@ class CcxtConnector(Connector):
             ex.urls["api"] = _point_urls(ex.urls["api"], self.market.ws_url, self.market.rest_url)
         return ex
 
-    async def _close(self) -> None:
-        ex, self.ex = self.ex, None
-        if ex is not None:
-            with contextlib.suppress(Exception):
-                await ex.close()
-
-    async def _session(self) -> None:
-        self.stats.state = "connecting" if not self._sessions else "reconnecting"
-        self.ex = self._make_exchange()
-        await self.ex.load_markets()
-        self.ex.market(self.market.symbol)  # BadSymbol when unknown
-        self._sessions += 1
-        self.backoff.connected()
-        self.stats.state = "resyncing"
-        await self._emit_resyncing()
-        trades = asyncio.create_task(self._trades_loop(), name=f"ccxt-trades-{self.market.id}")
-        books = asyncio.create_task(self._book_loop(), name=f"ccxt-book-{self.market.id}")
-        try:
-            done, _ = await asyncio.wait((trades, books), return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                t.result()
-        finally:
-            for t in (trades, books):
-                t.cancel()
-            await asyncio.gather(trades, books, return_exceptions=True)
-
     def _malformed(self, data: Any, error: BaseException) -> None:
         self.stats.malformed += 1
         text = data if isinstance(data, str) else repr(data)
@@ -191,35 +226,39 @@ class CcxtConnector(Connector):
                     error=str(error)[:RAW_LOG_CHARS] or type(error).__name__,
                     raw=text[:RAW_LOG_CHARS])
 
+    # checkpoint --------------------------------------------------------------------------------
+
+    def position(self) -> Position | None:
+        done = self.processed_tick
+        if done is None:
+            return None
+        return {"last_trade_id": self._int_id(done) if self.consecutive else None,
+                "last_ts": done.ts}
+
+    def restore(self, state: Position) -> None:
+        if isinstance(state.get("last_trade_id"), int):
+            self.last_id = state["last_trade_id"]
+        if isinstance(state.get("last_ts"), int):
+            self.last_ts = state["last_ts"]
+
     # trades ------------------------------------------------------------------------------------
 
-    async def _trades_loop(self) -> None:
-        dog = Watchdog(self.watchdog_s)
-        symbol = self.market.symbol
-        first = asyncio.ensure_future(self.ex.watch_trades(symbol))  # subscribe, then catch up
-        try:
-            await self._catch_up()
-        except BaseException:
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            raise
-        batch = await dog.guard(first)
+    async def _trades_loop(self, first: asyncio.Future[Any]) -> None:
+        watch, symbol = self.watchdog.next, self.market.symbol
+        batch = await watch(lambda: first)
         while True:
             recv_ns = time.time_ns()
             self.stats.on_messages(len(batch))
             await self._on_trades(batch, recv_ns)
-            batch = await dog.guard(self.ex.watch_trades(symbol))
+            batch = await watch(lambda: self.ex.watch_trades(symbol))
 
-    def _tick(self, t: dict[str, Any], recv_ns: int) -> Tick | None:
-        price: Any = t.get("price")
-        size: Any = t.get("amount")
-        ts, tid = t.get("timestamp"), t.get("id")
-        if not (_positive(price) and _positive(size) and type(ts) is int and tid is not None):
-            self._malformed(repr(t.get("info", t)), ValueError("trade without price/size/time"))
+    def _tick(self, t: Any, recv_ns: int) -> Tick | None:
+        try:
+            return msgspec.convert(t, CcxtTrade).parse_to_tick(self.market.id, recv_ns)
+        except msgspec.ValidationError as e:
+            raw = t.get("info", t) if isinstance(t, dict) else t
+            self._malformed(repr(raw), e)
             return None
-        side = t.get("side")
-        side = BUY if side == "buy" else SELL if side == "sell" else UNKNOWN_SIDE
-        return Tick(self.market.id, ts, float(price), float(size), side, str(tid), recv_ns)
 
     async def _on_trades(self, trades: list[dict[str, Any]], recv_ns: int) -> None:
         ticks = [tk for t in trades if (tk := self._tick(t, recv_ns)) is not None]
@@ -227,9 +266,10 @@ class CcxtConnector(Connector):
             first = self._int_id(ticks[0])
             if first is not None and first > self.last_id + 1:
                 await self._backfill()
-        await self._emit(ticks)
+        await self._emit_fresh(ticks)
 
-    async def _emit(self, ticks: list[Tick]) -> None:
+    async def _emit_fresh(self, ticks: list[Tick]) -> None:
+        """Put out the ticks not put out before (by id)."""
         fresh: list[Tick] = []
         for t in ticks:
             tid = t.trade_id or ""
@@ -246,18 +286,14 @@ class CcxtConnector(Connector):
                 self.last_id = n
             self.last_ts = max(self.last_ts, t.ts)
             fresh.append(t)
-        if fresh and self._out is not None:
-            await self._out.put(fresh)
-            await self._save_checkpoint()
+        if fresh:
+            await self.emit(fresh)
+            await self.checkpointer.save()
 
     @staticmethod
     def _int_id(t: Tick) -> int | None:
         tid = t.trade_id or ""
         return int(tid) if tid.isdigit() else None
-
-    async def _catch_up(self) -> None:
-        if self.last_id is not None or self.last_ts:
-            await self._backfill()
 
     async def _backfill(self) -> None:
         """Fetch what was missed since the last trade put out; count the gap."""
@@ -274,7 +310,7 @@ class CcxtConnector(Connector):
                 log.error("ccxt: hole older than the exchange's public trade list",
                           market=self.market.id, first_missing=last_id + 1, first_found=first)
         n_before = len(ticks)
-        await self._emit(ticks)
+        await self._emit_fresh(ticks)
         self.stats.backfilled = before + n_before
         if not n_before:
             return
@@ -306,10 +342,10 @@ class CcxtConnector(Connector):
     # order book --------------------------------------------------------------------------------
 
     async def _book_loop(self) -> None:
-        dog = Watchdog(self.watchdog_s)
+        watch, symbol = self.watchdog.next, self.market.symbol
         while True:
             try:
-                ob = await dog.guard(self.ex.watch_order_book(self.market.symbol))
+                ob = await watch(lambda: self.ex.watch_order_book(symbol))
             except ccxtpro.ChecksumError as e:  # a sequence gap: ccxt dropped its book
                 self.stats.book_resyncs += 1
                 self.stats.state = "resyncing"
@@ -321,63 +357,10 @@ class CcxtConnector(Connector):
                 self.stats.state = "live"
                 self._book_sent = 0.0
             now = time.monotonic()
-            if now - self._book_sent >= self.book_interval_s:
+            if now - self._book_sent >= self.config.book_interval_s:
                 self._book_sent = now
-                await self._emit_book(ob)
-
-    async def _emit_book(self, ob: Any) -> None:
-        n = self.book_depth
-        snap = BookSnapshot(
-            self.market.id, int(ob.get("timestamp") or time.time() * 1000),
-            tuple((float(p), float(q)) for p, q, *_ in ob["bids"][:n]),
-            tuple((float(p), float(q)) for p, q, *_ in ob["asks"][:n]),
-            ob.get("nonce"), "live")
-        if self._out is not None:
-            await self._out.put(snap)
+                await self.emit_book(parse_to_book(ob, self.market.id, self.config.book_depth))
 
     async def _emit_resyncing(self) -> None:
-        if self._out is not None:
-            await self._out.put(BookSnapshot(self.market.id, int(time.time() * 1000), (), (),
-                                             None, "resyncing"))
-
-    # checkpoints -------------------------------------------------------------------------------
-
-    async def _load_checkpoint(self) -> None:
-        if self.checkpoints is None:
-            return
-        try:
-            state = await self.checkpoints.get_state(self.checkpoint_key) or {}
-        except Exception as e:  # noqa: BLE001 - a store that is down must not stop ingest
-            log.warning("ccxt: checkpoint not readable", market=self.market.id, error=str(e))
-            return
-        if isinstance(state.get("last_trade_id"), int):
-            self.last_id = state["last_trade_id"]
-        if isinstance(state.get("last_ts"), int):
-            self.last_ts = state["last_ts"]
-        self._saved = (self.last_id, self.last_ts)
-
-    async def save_checkpoint(self) -> None:
-        await self._save_checkpoint(force=True)
-
-    async def _save_checkpoint(self, force: bool = False) -> None:
-        now = time.monotonic()
-        done = self.processed_tick
-        if done is None:
-            return
-        cur = (self._int_id(done) if self.consecutive else None, done.ts)
-        if (self.checkpoints is None or cur == self._saved
-                or (not force and now - self._saved_at < self.checkpoint_every_s)):
-            return
-        self._saved_at = now
-        try:
-            await self.checkpoints.set_state(self.checkpoint_key, {
-                "last_trade_id": cur[0], "last_ts": cur[1],
-                "saved_ms": int(time.time() * 1000)})
-            self._saved = cur
-        except Exception as e:  # noqa: BLE001 - retried at the next save
-            log.warning("ccxt: checkpoint not saved", market=self.market.id, error=str(e))
-
-
-def _positive(x: Any) -> bool:
-    """A finite number above 0 (not a bool, which Python counts as an int)."""
-    return type(x) in (int, float) and math.isfinite(x) and x > 0
+        await self.emit_book(BookSnapshot(self.market.id, int(time.time() * 1000), (), (), None,
+                                          "resyncing"))

@@ -23,40 +23,46 @@ the price path between packets is not). The first packet after start only sets t
 day and counts from zero. Sides are inferred by the quote rule against the depth of the previous
 packet (tick rule inside the spread) and marked ``side_inferred``. Indices have no volume: each
 new exchange time of an index gives a tick of size 0 (price only, side unknown).
+
+**Checkpoint** (``kite_volume:<market>``): the volume last received, its IST trading day and the
+time of the last tick, saved with the ticks at most every 5 s, after a lost connection and when
+the server stops (once the queue is drained). Indices keep none.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import urlencode
 
 import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection
 
-from aetherion.config import MarketConfig, Settings
 from aetherion.domain import UNKNOWN_SIDE, BookSnapshot, Tick
-from aetherion.ingest.alpaca import SideInference
-from aetherion.ingest.base import Checkpoints, Outbox
+from aetherion.ingest.base import Checkpoints, ConnectorConfig, secret_envs
+from aetherion.ingest.checkpoint import Position
 from aetherion.ingest.sessions import SESSIONS
-from aetherion.ingest.stream import Frame, StreamConnector
+from aetherion.ingest.sides import SideInference
+from aetherion.ingest.stream import Frame, StreamConfig, StreamConnector, StreamStats
 
-__all__ = [
-    "KiteConnector", "KiteParser", "KitePacket", "check_credentials", "parse_frame",
-]
+__all__ = ["KiteConfig", "KiteConnector", "KitePacket", "KiteParser", "parse_frame"]
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_URL: Final = "wss://ws.kite.trade"
 LTP, INDEX_QUOTE, INDEX_FULL, QUOTE, FULL = 8, 28, 32, 44, 184
 INDEX_SEGMENT: Final = 9
-CHECKPOINT_EVERY_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KiteConfig(StreamConfig):
+    watchdog_s: float = 10.0  # the ticker sends a heartbeat about every second
+    checkpoint_every_s: float = 5.0
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -90,6 +96,13 @@ class KitePacket:
     bids: tuple[tuple[float, int, int], ...] = ()  # price, quantity, orders; best first
     asks: tuple[tuple[float, int, int], ...] = ()
     tradable: bool = True
+
+    def parse_to_book(self, market_id: str, recv_ns: int) -> BookSnapshot:
+        """The depth as a book at the exchange time (the receive time when it has none)."""
+        bids = tuple((px, float(q)) for px, q, _ in self.bids)
+        asks = tuple((px, float(q)) for px, q, _ in self.asks)
+        ts = self.exchange_time * 1000 if self.exchange_time else recv_ns // 1_000_000
+        return BookSnapshot(market_id, ts, bids, asks, recv_ns)
 
 
 def _parse_packet(p: bytes) -> KitePacket:
@@ -202,11 +215,10 @@ class KiteParser:
                     recv_ns, side != UNKNOWN_SIDE)
 
     def _book(self, p: KitePacket, recv_ns: int) -> BookSnapshot:
-        bids = tuple((px, float(q)) for px, q, _ in p.bids)
-        asks = tuple((px, float(q)) for px, q, _ in p.asks)
-        self.sides.quote(bids[0][0] if bids else 0.0, asks[0][0] if asks else 0.0)
-        ts = p.exchange_time * 1000 if p.exchange_time else recv_ns // 1_000_000
-        return BookSnapshot(self.market_id, ts, bids, asks, recv_ns)
+        book = p.parse_to_book(self.market_id, recv_ns)
+        self.sides.quote(book.bids[0][0] if book.bids else 0.0,
+                         book.asks[0][0] if book.asks else 0.0)
+        return book
 
     def _on_text(self, data: str) -> None:
         try:
@@ -228,46 +240,22 @@ class KiteParser:
         log.warning("kite frame skipped", market=self.market_id, reason=why)
 
 
-def check_credentials(market: MarketConfig) -> str | None:
-    """The one line that stops start-up when the market's API key, access token or instrument
-    token is missing (the API secret is only needed for the login flow, not the ticker)."""
-    if market.instrument_token is None:
-        return (f"market {market.id}: connector 'kite' needs instrument_token "
-                f"(the Kite instrument token of {market.symbol!r})")
-    names = {"api_key_env": market.api_key_env, "access_token_env": market.access_token_env}
-    unnamed = [k for k, v in names.items() if not v]
-    if unnamed:
-        return (f"market {market.id}: connector 'kite' needs {' and '.join(unnamed)} "
-                f"(names of the environment variables holding the Kite API key and access token)")
-    unset = [v for v in names.values() if v and not os.environ.get(v)]
-    if unset:
-        return (f"market {market.id}: connector 'kite' needs the environment variable(s) "
-                f"{', '.join(unset)} set to the Kite API key and access token")
-    return None
-
-
 class KiteConnector(StreamConnector):
     """Ticks and 5-level depth of one NSE instrument from the Kite ticker."""
 
     name = "kite"
-    silence_s = 10.0  # the ticker sends a heartbeat about every second
+    config: KiteConfig
+    config_type: ClassVar[type[ConnectorConfig]] = KiteConfig
+    authenticates = True
+    checkpoint_prefix = "kite_volume:"
 
-    def __init__(
-        self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
-    ) -> None:
-        super().__init__(market, settings, checkpoints)
-        self.url = market.ws_url or DEFAULT_URL
-        self.parser = KiteParser(market.id, market.instrument_token or 0)
-        self._saved_at = 0.0
-        self._restored = False
-        self._save_task: asyncio.Task[None] | None = None
-
-    @property
-    def checkpoint_key(self) -> str:
-        return f"kite_volume:{self.market.id}"
-
-    def credentials_error(self) -> str | None:
-        return check_credentials(self.market)
+    def __init__(self, config: KiteConfig, checkpoints: Checkpoints | None = None) -> None:
+        super().__init__(config, checkpoints)
+        m = self.market
+        self.stats: StreamStats = StreamStats(m.venue, secret_envs(m))
+        self.url = m.ws_url or DEFAULT_URL
+        self.parser = KiteParser(m.id, m.instrument_token or 0)
+        self._last_ts = 0  # time of the last tick put out, epoch ms
 
     def connect_url(self) -> str:
         query = urlencode({"api_key": os.environ.get(self.market.api_key_env or "", ""),
@@ -277,55 +265,41 @@ class KiteConnector(StreamConnector):
     def connect_headers(self) -> dict[str, str]:
         return {"X-Kite-Version": "3"}
 
-    async def run(self, out: Outbox) -> None:
-        await self._restore()
-        await super().run(out)
-
     async def handshake(self, ws: ClientConnection) -> None:
         tokens = [self.parser.token]
         await ws.send(msgspec.json.encode({"a": "subscribe", "v": tokens}).decode())
         await ws.send(msgspec.json.encode({"a": "mode", "v": ["full", tokens]}).decode())
 
+    async def on_frame(self, data: str | bytes, recv_ns: int) -> None:
+        ticks, book = self.decode(Frame(data, recv_ns))
+        await self.emit_frame(ticks, book)
+        if ticks:
+            self._last_ts = ticks[-1].ts
+            await self.checkpointer.save()
+
     def decode(self, frame: Frame) -> tuple[list[Tick], BookSnapshot | None]:
+        """Ticks and at most one book of a frame; what is malformed is counted and skipped."""
         before = self.parser.malformed
         ticks, book = self.parser.feed(frame.data, frame.recv_ns)
         self.stats.malformed += self.parser.malformed - before
         if self.parser.last_error is not None:
             self.stats.on_error(self.parser.last_error, state=None)  # the connection goes on
             self.parser.last_error = None
-        if ticks and self.checkpoints is not None:
-            self._maybe_save(ticks[-1].ts)
         return ticks, book
 
-    async def _restore(self) -> None:
+    def position(self) -> Position | None:
+        volume = self.parser.volume
+        if volume is None or not self._last_ts:
+            return None
+        return {"volume": volume, "day": _ist_day(self._last_ts), "ts": self._last_ts}
+
+    def restore(self, state: Position) -> None:
         """The volume last seen, if it was today (IST trading day): the first packet's growth
         then counts the trades missed while we were away."""
-        if self.checkpoints is None or self._restored:
-            return
-        self._restored = True
-        try:
-            state = await self.checkpoints.get_state(self.checkpoint_key)
-        except Exception as e:  # a state store that is down only costs the first delta
-            log.warning("kite checkpoint unavailable", market=self.market.id, error=str(e))
-            return
-        if state and state.get("day") == _ist_day(time.time_ns() // 1_000_000):
-            self.parser.volume = int(state["volume"])
-
-    def _maybe_save(self, ts_ms: int) -> None:
-        now = time.monotonic()
-        if now - self._saved_at < CHECKPOINT_EVERY_S or self.checkpoints is None:
-            return
-        self._saved_at = now
-        state = {"volume": self.parser.volume, "day": _ist_day(ts_ms), "ts": ts_ms}
-        self._save_task = asyncio.ensure_future(
-            self.checkpoints.set_state(self.checkpoint_key, state))
-        self._save_task.add_done_callback(_log_failure)
+        volume = state.get("volume")
+        if isinstance(volume, int) and state.get("day") == _ist_day(time.time_ns() // 1_000_000):
+            self.parser.volume = volume
 
 
 def _ist_day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(SESSIONS["nse"].tz).date().isoformat()
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("kite checkpoint not saved", error=str(task.exception()))

@@ -1,28 +1,32 @@
-"""The websocket loop the equity connectors share: connect, handshake, read, reconnect.
+"""The websocket session the native connectors share (Binance, Alpaca, Kite), on the loop of
+:class:`~aetherion.ingest.live.LiveConnector`.
 
-A :class:`StreamConnector` subclass says how to reach its venue (``connect_url``), what to say
-after connecting (``handshake``) and how to turn one received frame into ticks and a book
-(``decode``). This loop does the rest, with the shared :mod:`aetherion.ingest.backoff`:
-reconnects with capped, jittered exponential back-off (reset after a healthy connection), a
-watchdog that reconnects a socket silent for ``silence_s`` while the venue's session is open
-(outside it, quiet is normal and the websocket ping keeps watch), and connection states with the
-last error in ``/api/market/status``.
+A :class:`StreamConnector` subclass says how to reach its venue (:meth:`connect_url`, headers,
+socket options), what to say after connecting (:meth:`handshake`) and what to do with one
+received frame (:meth:`on_frame`). This module opens the socket (connect and handshake within
+``open_timeout_s``) and reads it: every frame counts once in ``messages``, and a socket silent
+for ``watchdog_s`` while the venue's session is open is dead (outside the session quiet is
+normal and the websocket's own ping keeps watch, see :mod:`aetherion.ingest.sessions`).
 
-Errors::
+Errors (besides those of the loop)::
 
-    StreamError         the venue said no (``fatal``: retrying cannot help, e.g. auth failed)
-    SilentConnection    (backoff) nothing arrived for ``silence_s`` during the session
+    InvalidURI                        VenueError, fatal: "bad ws_url ..."
+    upgrade refused (InvalidStatus)   venues that check credentials while connecting
+                                      (``authenticates``): VenueError, fatal for HTTP 401/403;
+                                      others: retried as it is
+    WebSocketException                (a closed socket, a protocol error): retry
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     InvalidHandshake,
@@ -31,30 +35,12 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
-from aetherion.config import MarketConfig, Settings
 from aetherion.domain import BookSnapshot, Tick
-from aetherion.ingest.backoff import Backoff, SilentConnection, Watchdog
-from aetherion.ingest.base import (
-    Checkpoints,
-    Connector,
-    ConnectorStats,
-    ConnState,
-    Outbox,
-    secret_envs,
-)
+from aetherion.ingest.base import Checkpoints, ConnectorConfig, ConnectorStats, ConnState
+from aetherion.ingest.live import Failure, LiveConfig, LiveConnector, VenueError
 from aetherion.ingest.sessions import session_open
 
-__all__ = ["Frame", "StreamConnector", "StreamError", "StreamStats"]
-
-log = structlog.get_logger(__name__)
-
-
-class StreamError(Exception):
-    """An error the venue reported; ``fatal`` when reconnecting cannot help."""
-
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
-        super().__init__(message)
-        self.fatal = fatal
+__all__ = ["Frame", "StreamConfig", "StreamConnector", "StreamStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +49,31 @@ class Frame:
     recv_ns: int  # local receive time, epoch ns
 
 
+@dataclass(frozen=True, slots=True)
+class StreamConfig(LiveConfig):
+    """``open_timeout_s``: connect and handshake, each."""
+
+    open_timeout_s: float = 10.0
+
+
 class StreamStats(ConnectorStats):
     """Connector stats plus the current error (``None`` once live again) and whether the
     venue's session is open."""
 
     def __init__(self, venue: str, secret_envs: tuple[str, ...] = ()) -> None:
-        super().__init__(secret_envs)
         self.venue = venue
         self.error: str | None = None
+        super().__init__(secret_envs)
+
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @state.setter
+    def state(self, value: ConnState) -> None:
+        self._state = value
+        if value == "live":
+            self.error = None
 
     def on_error(self, error: BaseException | str, *, where: str | None = None,
                  state: ConnState | None = "reconnecting") -> str:
@@ -85,121 +88,97 @@ class StreamStats(ConnectorStats):
         return out
 
 
-class StreamConnector(Connector, abc.ABC):
+class StreamConnector(LiveConnector, abc.ABC):
     """A connector reading one websocket; subclasses speak the venue's protocol."""
 
-    silence_s = 30.0  # watchdog: reconnect after this long without a message in session
-    open_timeout_s = 10.0  # connect + handshake
-    backoff_initial_s = 0.5
-    backoff_cap_s = 30.0
-    max_frame_bytes = 2**22
+    config: StreamConfig
+    config_type: ClassVar[type[ConnectorConfig]] = StreamConfig
+    #: The venue checks credentials while connecting: a refused upgrade is said in plain words,
+    #: and HTTP 401/403 (credentials rejected) stops the connector.
+    authenticates: ClassVar[bool] = False
+    max_frame_bytes: ClassVar[int] = 2**22
 
-    def __init__(
-        self, market: MarketConfig, settings: Settings, checkpoints: Checkpoints | None = None
-    ) -> None:
-        super().__init__(market, settings, checkpoints)
-        self.stats: StreamStats = StreamStats(market.venue, secret_envs(market))
-        self.session_open = session_open
-        self.watchdog = Watchdog(self.silence_s)
-        self.connections = 0
-
-    @abc.abstractmethod
-    def credentials_error(self) -> str | None:
-        """The line that says which credential is missing, or ``None``."""
+    def __init__(self, config: StreamConfig, checkpoints: Checkpoints | None = None) -> None:
+        super().__init__(config, checkpoints)
+        self.session_open = session_open  # market hours (tests replace it)
+        self.ws: ClientConnection | None = None
 
     @abc.abstractmethod
     def connect_url(self) -> str:
-        """Where to connect (may carry credentials: never log it)."""
-
-    @abc.abstractmethod
-    async def handshake(self, ws: ClientConnection) -> None:
-        """Authenticate and subscribe; raise :class:`StreamError` when the venue refuses."""
-
-    @abc.abstractmethod
-    def decode(self, frame: Frame) -> tuple[list[Tick], BookSnapshot | None]:
-        """Ticks and at most one book of a frame; count and skip what is malformed."""
+        """Where to connect (may carry credentials: never log it, see :meth:`where`)."""
 
     def connect_headers(self) -> dict[str, str]:
         """Extra HTTP headers of the websocket upgrade request."""
         return {}
 
-    def safe_url(self) -> str:
+    def socket_options(self) -> dict[str, Any]:
+        """Options of :func:`websockets.asyncio.client.connect` beyond URL, size and headers."""
+        return {"compression": None}
+
+    async def handshake(self, ws: ClientConnection) -> None:
+        """Authenticate and subscribe; raise :class:`VenueError` when the venue refuses."""
+
+    @abc.abstractmethod
+    async def on_frame(self, data: str | bytes, recv_ns: int) -> None:
+        """Handle one received frame; count and skip what is malformed, never raise on it."""
+
+    def where(self) -> str:
         return self.connect_url().split("?", 1)[0]
 
-    async def run(self, out: Outbox) -> None:
-        problem = self.credentials_error()
-        if problem:
-            self._fail(problem)
-            return
-        backoff = Backoff(self.backoff_initial_s, self.backoff_cap_s)
-        self.watchdog = Watchdog(self.silence_s)
-        while True:
-            try:
-                await self._connection(out, backoff)
-            except StreamError as e:
-                if e.fatal:
-                    self._fail(str(e))
-                    return
-                self._lost(str(e))
-            except (OSError, TimeoutError, WebSocketException) as e:
-                self._lost(e)
-            await backoff.wait()
+    def classify(self, error: Exception) -> Failure | None:
+        if isinstance(error, WebSocketException):
+            return Failure(error, where=self.where())
+        return super().classify(error)
 
-    def _fail(self, why: str) -> None:
-        why = self.stats.on_error(why, state="failed")
-        log.error("connector stopped", market=self.market.id, connector=self.name, reason=why)
-
-    def _lost(self, why: BaseException | str) -> None:
-        """Record the loss (this counts the reconnect attempt that follows) and log it."""
-        text = self.stats.on_error(why, where=self.safe_url())
-        log.warning("connection lost", market=self.market.id, connector=self.name,
-                    url=self.safe_url(), reason=text)
-
-    async def _connection(self, out: Outbox, backoff: Backoff) -> None:
-        if self.stats.state != "reconnecting":
-            self.stats.state = "connecting"
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
+        timeout = self.config.open_timeout_s
         try:
-            async with asyncio.timeout(self.open_timeout_s):
+            async with asyncio.timeout(timeout):
                 ws = await connect(self.connect_url(), max_size=self.max_frame_bytes,
                                    additional_headers=self.connect_headers(),
-                                   open_timeout=None, compression=None)
+                                   open_timeout=None, **self.socket_options())
         except InvalidURI:
-            raise StreamError(f"bad ws_url {self.safe_url()!r}", fatal=True) from None
-        except InvalidStatus as e:
-            status = e.response.status_code
-            raise StreamError(f"websocket upgrade refused with HTTP {status}"
-                              + (" (credentials rejected)" if status in (401, 403) else ""),
-                              fatal=status in (401, 403)) from None
+            raise VenueError(f"bad ws_url {self.where()!r}", fatal=True) from None
         except InvalidHandshake as e:
-            raise StreamError(f"websocket handshake refused: {e}") from None
+            if not self.authenticates:
+                raise
+            raise _refused(e) from None
         async with ws:
-            self.connections += 1
-            async with asyncio.timeout(self.open_timeout_s):
+            async with asyncio.timeout(timeout):
                 await self.handshake(ws)
-            self.stats.state, self.stats.error = "live", None
-            backoff.connected()
-            log.info("connected", market=self.market.id, connector=self.name,
-                     url=self.safe_url())
-            await self._read(ws, out)
-
-    async def _read(self, ws: ClientConnection, out: Outbox) -> None:
-        dog = self.watchdog
-        dog.feed()
-        while True:
+            self.ws = ws
             try:
-                async with asyncio.timeout(max(dog.timeout_s - dog.silent_for(), 0.001)):
-                    data: Any = await ws.recv()
-            except TimeoutError:
-                if self.session_open(self.market.venue, time.time_ns() // 1_000_000):
-                    dog.fired += 1
-                    raise SilentConnection(f"no message for {dog.timeout_s:g} s in session") \
-                        from None
-                dog.feed()  # closed market: quiet is normal; websocket pings watch the socket
-                continue
-            dog.feed()
-            self.stats.on_messages()
-            ticks, book = self.decode(Frame(data, time.time_ns()))
-            if ticks:
-                await out.put(ticks)
-            if book is not None:
-                await out.put(book)
+                yield
+            finally:
+                self.ws = None
+
+    async def read(self) -> None:
+        ws, stats, next_frame, on_frame = self.ws, self.stats, self.watchdog.next, self.on_frame
+        if ws is None:
+            raise ConnectionError("not connected")
+        venue = self.market.venue
+
+        def quiet_ok() -> bool:
+            return not self.session_open(venue, time.time_ns() // 1_000_000)
+
+        while True:
+            data: str | bytes = await next_frame(ws.recv, quiet_ok)
+            recv_ns = time.time_ns()
+            stats.on_messages()
+            await on_frame(data, recv_ns)
+
+    async def emit_frame(self, ticks: list[Tick], book: BookSnapshot | None) -> None:
+        """A frame's ticks as one batch, then its book (at most one)."""
+        await self.emit(ticks)
+        if book is not None:
+            await self.emit_book(book)
+
+
+def _refused(e: InvalidHandshake) -> VenueError:
+    if not isinstance(e, InvalidStatus):
+        return VenueError(f"websocket handshake refused: {e}")
+    status = e.response.status_code
+    rejected = status in (401, 403)
+    return VenueError(f"websocket upgrade refused with HTTP {status}"
+                      + (" (credentials rejected)" if rejected else ""), fatal=rejected)
