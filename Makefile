@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/aetherion run
 
+# Three instances on loopback against the machine's NATS and MariaDB (docs/scale-out.md).
+cluster: $(STAMP)
+	$(BIN)/python scripts/cluster.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check aetherion tests bench migrations
+	$(BIN)/ruff check aetherion tests bench migrations scripts
 	$(BIN)/mypy --strict aetherion
+	$(BIN)/lint-imports
 
 # The dashboard test drives Debian's chromium through Playwright (no browser downloads).
 /usr/bin/chromium:

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from aetherion import __version__
 from aetherion.config import Settings, settings_error_line
+from aetherion.decision.config import DecisionConfig
 from aetherion.domain import TIMEFRAME_MS
 from aetherion.logs import configure_logging
+from aetherion.regime.config import RegimeConfig
 from aetherion.report import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS
 
 __all__ = ["main"]
@@ -60,10 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="slippage per unit traded, basis points (default %(default)s)")
     rp.add_argument("--plot", type=Path, metavar="FILE.png",
                     help="draw price by regime, decisions, position and confidence")
-    for name, field in Settings.model_fields.items():
-        if name.startswith(("regime_", "decision_")):
-            rp.add_argument("--" + name.replace("_", "-"), dest=name, metavar="V",
-                            help=field.description or f"as AETHERION_{name.upper()}")
+    for section, cfg in (("regime", RegimeConfig), ("decision", DecisionConfig)):
+        for name, field in cfg.model_fields.items():
+            flat = f"{section}_{name}"
+            rp.add_argument("--" + flat.replace("_", "-"), dest=f"{section}.{name}", metavar="V",
+                            help=field.description or f"as AETHERION_{flat.upper()}")
     from aetherion.simulate import add_parser as add_simulate
 
     add_simulate(sub)
@@ -99,7 +102,7 @@ async def _stores_unreachable(settings: Settings, timeout_s: float = 10.0) -> st
         try:
             async with asyncio.timeout(timeout_s), engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception as e:  # noqa: BLE001 - whatever the driver raises, said in one line
+        except Exception as e:  # whatever the driver raises, said in one line
             shown = str(e).splitlines()[0][:200] or type(e).__name__
             return f"cannot reach the SQL store {url.render_as_string()}: {shown}"
         finally:
@@ -109,7 +112,7 @@ async def _stores_unreachable(settings: Settings, timeout_s: float = 10.0) -> st
             settings.mongo_url, serverSelectionTimeoutMS=int(timeout_s * 1000))
         try:
             await client.admin.command("ping")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             where = ", ".join(f"{h}:{p}" for h, p in client.topology_description
                               .server_descriptions())
             return f"cannot reach MongoDB at {where}: {type(e).__name__}"
@@ -165,7 +168,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as e:
         _fail(f"--out {args.out}: cannot write ({e.strerror or e})")
     if args.store:
-        asyncio.run(_store(result, settings))
+        from aetherion.pipeline.replay import store_result
+
+        asyncio.run(store_result(result, settings))
     result.summary["performance"] = performance(result.rows, args.fee_bps, args.slippage_bps)
     scored = classification(result.rows)  # None unless the input carried true_regime
     if scored is not None:
@@ -194,36 +199,15 @@ def _check_writable(flag: str, path: Path | None) -> None:
 
 
 def _from_store(args: argparse.Namespace, settings: Settings) -> Any:
-    from aetherion.api.params import parse_time
+    from aetherion.domain import parse_time
     from aetherion.replay import InputError
     from aetherion.replay_store import replay_from_store
 
     try:
         since, until = parse_time("since", args.since), parse_time("until", args.until)
-    except Exception as e:  # an HTTPException from the shared parser: its detail is the line
-        raise InputError(str(getattr(e, "detail", e))) from None
+    except ValueError as e:
+        raise InputError(str(e)) from None
     return asyncio.run(replay_from_store(settings, args.market, since, until))
-
-
-async def _store(result: Any, settings: Settings) -> None:
-    from aetherion.storage.market import open_market_store
-    from aetherion.storage.state import StateStore
-
-    state = await StateStore.open(settings.sql_url)
-    store = await open_market_store(settings, state.engine)
-    sink = result.sink
-    try:
-        for i in range(0, len(sink.bars), 1000):
-            await store.write_bars(sink.bars[i:i + 1000])
-        for i in range(0, len(sink.features_), 1000):
-            await store.write_features(sink.features_[i:i + 1000])
-        for i in range(0, len(sink.regimes), 1000):
-            await state.write_regimes(sink.regimes[i:i + 1000])
-        await state.write_transitions(sink.transitions)
-        await state.write_models(sink.models)
-    finally:
-        await store.close()
-        await state.close()
 
 
 def _db_upgrade(settings: Settings) -> int:
@@ -239,8 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         settings = _settings(host=args.host, port=args.port)
     elif args.command == "replay":
-        settings = _settings(**{k: v for k, v in vars(args).items()
-                                if k.startswith(("regime_", "decision_"))})
+        stages: dict[str, dict[str, Any]] = {"regime": {}, "decision": {}}
+        for key, value in vars(args).items():
+            section, dot, name = key.partition(".")
+            if dot and value is not None:
+                stages[section][name] = value
+        settings = _settings(**{k: v for k, v in stages.items() if v})
     else:
         settings = _settings()
     configure_logging(settings.log_format, settings.log_level)

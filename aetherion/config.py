@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from aetherion.decision.config import DecisionConfig
 from aetherion.domain import TIMEFRAME_MS
+from aetherion.ingest import registry
+from aetherion.regime.config import RegimeConfig
 
 __all__ = ["DEFAULT_MARKETS", "MarketConfig", "Settings", "settings_error_line"]
 
 _MARKET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-CONNECTORS = ("simulator", "binance", "ccxt", "alpaca", "kite")
+STAGES = ("regime", "decision")  # the nested stage configs, set by flat names too
 
 
 class MarketConfig(BaseModel):
@@ -24,7 +27,7 @@ class MarketConfig(BaseModel):
 
     id: str
     venue: Literal["crypto", "us", "nse"]
-    connector: Literal["simulator", "binance", "ccxt", "alpaca", "kite"]
+    connector: str  # a name in aetherion.ingest.registry
     symbol: str = Field(min_length=1)
     ws_url: str | None = None
     rest_url: str | None = None
@@ -42,6 +45,13 @@ class MarketConfig(BaseModel):
     def _id_is_url_safe(cls, v: str) -> str:
         if not _MARKET_ID.match(v):
             raise ValueError("must be 1-32 chars of lower-case letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("connector")
+    @classmethod
+    def _known_connector(cls, v: str) -> str:
+        if v not in registry.REGISTRY:
+            raise ValueError(f"no connector {v!r}; available: {', '.join(registry.names())}")
         return v
 
     @model_validator(mode="after")
@@ -66,7 +76,8 @@ class Settings(BaseSettings):
     """Every setting of the process. A bad value fails at start, naming the setting."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AETHERION_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="AETHERION_", env_file=".env", extra="ignore", frozen=True,
+        env_nested_delimiter="_", env_nested_max_split=1,  # AETHERION_REGIME_WINDOW: regime.window
     )
 
     host: str = "127.0.0.1"
@@ -80,6 +91,19 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_key: str | None = None
 
+    # cluster mode (docs/scale-out.md): set NATS_URL and the instance joins a cluster
+    nats_url: str | None = Field(default=None, description=(
+        "NATS with JetStream (nats://host:4222,...); unset: one process, no cluster"))
+    instance_id: str | None = Field(default=None, max_length=64, description=(
+        "this instance's name in the cluster; unset: <host name>-<pid>"))
+    lease_ttl_s: float = Field(default=5.0, ge=1.0, le=300.0, description=(
+        "a market's owner that stops renewing for this long loses it to another instance"))
+    cluster_name: str = Field(default="aeth", pattern=r"^[a-z][a-z0-9_]{0,31}$", description=(
+        "names this cluster's NATS buckets, stream and subjects: several clusters (or test "
+        "runs) can share one NATS"))
+    cluster_replicas: int = Field(default=1, ge=1, le=5, description=(
+        "replicas of the cluster's NATS buckets and stream (3 on a NATS cluster)"))
+
     # simulator
     sim_rate: float = Field(default=50.0, gt=0, le=100_000, description="trades/s per market")
     sim_seed: int = 7
@@ -91,51 +115,10 @@ class Settings(BaseSettings):
         description="closed bars per timeframe fetched from the venue at start to warm up")
     bar_grace_ms: int = Field(default=500, ge=0, le=60_000)
 
-    # regime model (docs/regime.md)
-    regime_window: int = Field(default=2000, ge=100, le=20_000,
-                               description="bars EM is fitted on (the newest)")
-    regime_memory: int = Field(default=20_000, ge=100, le=200_000,
-                               description="bars kept per timeframe for the long-run scale")
-    regime_min_bars: int = Field(default=200, ge=50, le=20_000,
-                                 description="valid bars before the first model")
-    regime_retrain_bars: int = Field(default=250, ge=1, description="bars between retrains")
-    regime_stay_bars: float = Field(default=200.0, ge=2.0, le=1e6,
-                                    description="expected stay in a regime, bars")
-    regime_stay_weight: float = Field(
-        default=0.3, ge=0.0, le=100.0,
-        description="weight of the expected stay against the data's own, x the window; 0: fixed")
-    regime_crisis_ratio: float = Field(
-        default=2.0, gt=1.0, le=100.0,
-        description="crisis: volatility at least this many times the long-run typical level")
-    regime_restarts: int = Field(default=1, ge=1, le=50)
-    regime_n_iter: int = Field(default=100, ge=5, le=10_000)
-    regime_seed: int = 7
-    regime_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
-    regime_k: int = Field(default=3, ge=1, le=1000)
-    regime_weights: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=dict, description="timeframe:weight,...; unset: 1, 2, 3... by rank")
-
-    # decision policy (docs/decision.md)
-    decision_min_confidence: float = Field(default=0.6, ge=0.0, le=1.0,
-                                           description="fused confidence needed to open")
-    decision_cooldown_bars: int = Field(default=5, ge=0, le=100_000,
-                                        description="bars after a BUY/SELL before a new entry")
-    decision_timeframe: str | None = Field(default=None,
-                                           description="deciding timeframe; unset: the finest")
-    decision_allow_short: bool = False
-    decision_rules: Literal["hold", "signals"] = Field(
-        default="hold", description="hold: strategies hold their direction; signals: ATR rules")
-    decision_size_by_volatility: bool = True
-    decision_vol_bars: int = Field(default=20, ge=2, le=10_000)
-    decision_vol_halflife_bars: int = Field(default=500, ge=1, le=1_000_000)
-    decision_size_step: float = Field(default=0.25, gt=0.0, le=1.0)
-    decision_min_change: float = Field(default=0.5, ge=0.0, le=2.0)
-    decision_momentum_bars: int = Field(default=20, ge=1, le=10_000)
-    decision_trend_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
-    decision_trend_exit_atr: float = Field(default=0.0, ge=-1000.0, le=1000.0)
-    decision_mean_bars: int = Field(default=20, ge=2, le=10_000)
-    decision_mr_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)
-    decision_mr_exit_atr: float = Field(default=0.25, ge=0.0, le=1000.0)
+    # the stages (docs/regime.md, docs/decision.md): AETHERION_REGIME_<FIELD> and
+    # AETHERION_DECISION_<FIELD> set one field each, as do regime_<field>=... keyword arguments
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
 
     # access from browsers and WebSocket clients
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -197,22 +180,22 @@ class Settings(BaseSettings):
             raise ValueError(f"an origin is scheme://host[:port], not {bad[0]!r}")
         return tuple(s for s in items if s)
 
-    @field_validator("regime_weights", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _parse_weights(cls, v: Any) -> Any:
-        if not isinstance(v, str):
-            return v
-        out: dict[str, float] = {}
-        for item in filter(None, (x.strip() for x in v.split(","))):
-            tf, _, w = item.partition(":")
-            if tf not in TIMEFRAME_MS:
-                raise ValueError(f"unknown timeframe {tf!r} in {item!r}")
-            try:
-                out[tf] = float(w)
-            except ValueError:
-                raise ValueError(f"{item!r} is not timeframe:weight") from None
-            if out[tf] < 0:
-                raise ValueError(f"negative weight in {item!r}")
+    def _fold_stage_fields(cls, data: Any) -> Any:
+        """``regime_window=300`` → ``regime={"window": 300}`` (and ``decision_*`` alike): the
+        flat names users set stay valid for the nested configs."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for section in STAGES:
+            flat = {k[len(section) + 1:]: out.pop(k) for k in list(out)
+                    if k.startswith(section + "_")}
+            if flat:
+                nested = out.get(section) or {}
+                if isinstance(nested, BaseModel):
+                    nested = nested.model_dump()
+                out[section] = {**nested, **flat}
         return out
 
     @field_validator("markets", mode="before")
@@ -250,11 +233,10 @@ class Settings(BaseSettings):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         return v or None
 
-    def weight(self, timeframe: str) -> float:
-        """Fusion weight of a timeframe: configured, else its rank (1 for the finest)."""
-        if self.regime_weights:
-            return self.regime_weights.get(timeframe, 0.0)
-        return float(self.timeframes.index(timeframe) + 1)
+    def decision_config(self) -> DecisionConfig:
+        """The decision config with its timeframe resolved against ``timeframes`` (raises
+        :class:`ValueError` when it is not one of them)."""
+        return self.decision.resolved(self.timeframes)
 
     @property
     def finest_timeframe(self) -> str:
@@ -272,6 +254,8 @@ def settings_error_line(exc: Exception) -> str:
     parts = []
     for err in errors():
         loc = [str(p) for p in err.get("loc", ())]
+        if len(loc) > 1 and loc[0] in STAGES:  # a nested stage field: its flat name
+            loc = [f"{loc[0]}_{loc[1]}", *loc[2:]]
         name = "AETHERION_" + loc[0].upper() if loc else "settings"
         where = "".join(f"[{p}]" for p in loc[1:])
         parts.append(f"{name}{where}: {err.get('msg', 'invalid')}")

@@ -9,6 +9,7 @@ unless a field name says otherwise (``recv_ns`` is epoch nanoseconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import msgspec
@@ -28,6 +29,7 @@ __all__ = [
     "RegimeUpdate",
     "Tick",
     "Transition",
+    "parse_time",
     "Venue",
     "side_name",
     "timeframe_ms",
@@ -193,3 +195,32 @@ class ModelVersion:
     params: dict[str, Any]
     status: str  # "active" | "rejected"
     reason: str
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _cut(value: str, width: int = 80) -> str:
+    """``value`` quoted, cut to about ``width`` characters (an error never echoes a huge one)."""
+    return repr(value if len(value) <= width else value[:width] + "…")
+
+
+def parse_time(name: str, value: str | None) -> int | None:
+    """Epoch milliseconds from ``value``: an integer, or ISO-8601 (naive means UTC).
+    A value that is neither raises :class:`ValueError` naming ``name``."""
+    if value is None or value == "":
+        return None
+    v = value.strip()
+    digits = v.removeprefix("-")
+    if digits.isascii() and digits.isdigit():  # '²' is a digit to isdigit(), not to int()
+        if len(digits.lstrip("0")) > 19 or not INT64_MIN <= int(v) <= INT64_MAX:  # a 64-bit column
+            raise ValueError(f"{name}: {_cut(value)} is beyond 64-bit epoch milliseconds")
+        return int(v)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{name}: {_cut(value)} is neither epoch milliseconds nor an ISO-8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)

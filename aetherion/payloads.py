@@ -1,13 +1,28 @@
-"""Domain events as the JSON objects of the REST API and the WebSocket streams (DESIGN shapes)."""
+"""Domain events as the JSON objects of the REST API, the WebSocket streams and the cluster's bus
+(DESIGN shapes): one shape wherever an event leaves the process."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aetherion.domain import Bar, BookSnapshot, Features, RegimeUpdate, Tick, Transition, side_name
+import orjson
+
+from aetherion.domain import (
+    BUY,
+    SELL,
+    UNKNOWN_SIDE,
+    Bar,
+    BookSnapshot,
+    Features,
+    RegimeUpdate,
+    Tick,
+    Transition,
+    side_name,
+)
 
 __all__ = [
-    "bar_json", "book_json", "features_json", "regime_json", "tick_json", "transition_json",
+    "bar_json", "bar_of", "book_json", "book_of", "encode", "features_json", "regime_json",
+    "regime_of", "tick_json", "tick_of", "transition_json",
 ]
 
 
@@ -63,3 +78,36 @@ def transition_json(t: Transition) -> dict[str, Any]:
         "from_regime": t.from_regime, "to_regime": t.to_regime, "confidence": t.confidence,
         "from_strategy": t.from_strategy, "to_strategy": t.to_strategy, "cause": t.cause,
     }
+
+
+def encode(kind: str, market: str, payload: dict[str, Any]) -> str:
+    """One stream message: ``{"type": kind, "market": market, **payload}`` as JSON text."""
+    return orjson.dumps({"type": kind, "market": market, **payload}).decode()
+
+
+# ---- back from JSON (the cluster's mirrors of markets owned elsewhere) ------------------------
+
+def tick_of(m: dict[str, Any]) -> Tick:
+    side = {"buy": BUY, "sell": SELL}.get(m.get("side") or "", UNKNOWN_SIDE)
+    return Tick(m["market"], int(m["ts"]), float(m["price"]), float(m["size"]), side,
+                m.get("trade_id"), side_inferred=bool(m.get("side_inferred")))
+
+
+def bar_of(m: dict[str, Any]) -> Bar:
+    sided = m.get("buy_volume") is not None
+    return Bar(m["market"], m["timeframe"], int(m["open_time"]), m["open"], m["high"], m["low"],
+               m["close"], m["volume"], m.get("buy_volume") or 0.0, m.get("sell_volume") or 0.0,
+               int(m["trade_count"]), bool(m["closed"]), int(m.get("revision") or 0),
+               sided=sided)
+
+
+def book_of(m: dict[str, Any]) -> BookSnapshot:
+    return BookSnapshot(m["market"], int(m["ts"]), tuple((p, q) for p, q in m["bids"]),
+                        tuple((p, q) for p, q in m["asks"]), m.get("sequence"),
+                        m.get("state", "live"))
+
+
+def regime_of(m: dict[str, Any]) -> RegimeUpdate:
+    return RegimeUpdate(m["market"], m["timeframe"], int(m["open_time"]), m["regime_raw"],
+                        m["regime"], m["confidence"], m["confidence_raw"], m["probs"],
+                        m.get("model_version"), m.get("strategy"), m.get("contributions"))

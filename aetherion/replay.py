@@ -1,40 +1,6 @@
 """``aetherion replay``: the live pipeline over recorded trades or candles, in event time.
 
-The same candle, feature and regime stages as ``aetherion run`` (``MarketPipeline``), fed from a
-file instead of a connector: no sleeps, no wall clock, models trained inline so each takes effect
-from the bar after the one whose close asked for it. A replay starts from nothing (no model, no
-position, no stored state) and touches no store unless ``--store`` is given.
-
-Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
-``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close`` and optionally
-``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC. QuantConnect Lean /
-AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
-midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
-and counted; a repeated ``trade_id`` is dropped and counted.
-
-Input rules. A bad file ends the replay with one line naming the file and, where it applies, the
-row (the line number, the header being row 1) and the column; values shown are cut to 80
-characters. ``ts`` must parse (ASCII digits or ISO-8601) and lie within years 1-9999; prices
-(trades' ``price``, candles' ``open``/``high``/``low``/``close``) must be finite and above 0;
-numeric columns must be numbers, not nested (list/struct) values. Memory is bounded before
-parsing: a file is read (and ``.gz``/``.zip`` decompressed) in 1 MiB chunks, refused past
-``AETHERION_REPLAY_MAX_BYTES`` bytes (decompressed; default 2 GiB), past a CSV line longer than
-``MAX_LINE`` (1 MiB), or when an archive expands more than ``MAX_RATIO`` (100) times its
-compressed size beyond the first 16 MiB (recorded market data expands 3-10 times; a bomb hundreds
-of times: decompress a genuine one yourself). A Parquet file whose rows times columns times 8
-bytes exceed the limit is refused from its metadata, before it is read.
-
-Close-only candles: ``ts, close`` (no ``price``/``size``) are candles with open = high = low =
-close. Features that need a range then use what the closes give: the true range is
-``|close - previous close|`` (so the ATR is the mean absolute close-to-close move) and the one-bar
-log range ``ln(high / low)`` is 0 on every bar — it carries no information there. ``column`` (the
-CLI's ``--column TICKER``) reads one column of a wide file of closes (a date column named
-``Date``, ``date`` or ``ts``, then one column per ticker): the date becomes ``ts``, the ticker's
-values ``close``, and rows where that ticker is empty are dropped.
-
-Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
-carried to the output. Each row gets that candle's value, or for trades the value of the last
-trade of the bar (by open time of the replay timeframe); without the column rows have none.
+The input (files, their checks, the truth column) is read by :mod:`aetherion.recorded`.
 
 Output rows: ``regime_raw`` and ``confidence_raw`` are the replay timeframe's own filtered raw
 regime at that bar and its probability (``unknown`` and 0.0 while that timeframe has no model or
@@ -44,396 +10,34 @@ decision used. ``exposure`` is the signed fraction of capital held after the bar
 
 from __future__ import annotations
 
-import gzip
-import io
-import os
 import re
 import sys
 import time
-import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
 import polars as pl
 
 from aetherion.config import MarketConfig, Settings
-from aetherion.domain import BUY, REGIMES, SELL, TIMEFRAME_MS, UNKNOWN_SIDE, Bar
-from aetherion.pipeline import ListSink, MarketPipeline
+from aetherion.domain import TIMEFRAME_MS, Bar
+from aetherion.pipeline import ListSink, build_pipeline
+from aetherion.pipeline.replay import TRUE_REGIME, ReplayResult, result_rows
+from aetherion.recorded import InputError, Loaded, load
 
-__all__ = ["OUTPUT_COLUMNS", "InputError", "ReplayResult", "load", "replay"]
+__all__ = ["OUTPUT_COLUMNS", "InputError", "Loaded", "ReplayResult", "load", "replay"]
 
 OUTPUT_COLUMNS = (
     "ts", "open", "high", "low", "close", "volume", "atr", "volatility", "volume_delta",
     "regime_raw", "confidence_raw", "regime", "confidence", "strategy", "action", "position",
     "exposure",
 )
-TRADE_COLUMNS = ("ts", "price", "size")
-CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
-RANGE_COLUMNS = ("open", "high", "low")  # candles without them are close-only
-DATE_COLUMNS = ("date", "ts")  # the date column of a wide file (``column``)
-TRUE_REGIME = "true_regime"
 CHUNK = 50_000  # trades per pipeline call
-NEW_YORK = ZoneInfo("America/New_York")
-MAX_BYTES: int = Settings.model_fields["replay_max_bytes"].default
-MAX_LINE = 1 << 20  # bytes in one CSV line; also the read chunk
-MAX_RATIO, RATIO_FROM = 100, 16 << 20  # an archive expanding more (past 16 MiB) is a bomb
-TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, ms
-PRICES = {"price", "open", "high", "low", "close"}
-USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME}
-
-
-class InputError(ValueError):
-    """Bad input: the message names the file, and the row and column where it applies."""
-
-
-@dataclass
-class Loaded:
-    kind: str  # "trades" | "candles"
-    frame: pl.DataFrame  # ts (Int64 epoch ms) and the kind's columns, sorted by ts
-    unsorted: int = 0
-    duplicates: int = 0
-    source: str = "input"  # the file, for errors found later
-
-
-# ---- reading --------------------------------------------------------------------------------
-
-def _short(text: str, width: int = 80) -> str:
-    """``text`` cut to about ``width`` characters: an error never prints a huge value."""
-    return text if len(text) <= width else text[:width] + "…"
-
-
-def _cut(value: object) -> str:
-    return _short(repr(value))
-
-
-def _names(columns: list[str]) -> str:
-    return _short(", ".join(columns))
-
-
-def _raw_bytes(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, decompressed in chunks within the bounds of the module doc."""
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            if path.suffix == ".gz":
-                with gzip.GzipFile(fileobj=f) as g:
-                    return _capped(path, g.read, size, max_bytes)
-            if path.suffix == ".zip":
-                with zipfile.ZipFile(f) as z:
-                    member = next((i for i in z.infolist() if not i.is_dir()), None)
-                    if member is None:
-                        raise InputError(f"{path}: the zip archive is empty")
-                    with z.open(member) as m:
-                        return _capped(path, m.read, member.compress_size, max_bytes)
-            if size > max_bytes:
-                raise InputError(f"{path}: {size} bytes, more than AETHERION_REPLAY_MAX_BYTES "
-                                 f"({max_bytes})")
-            return _capped(path, f.read, None, max_bytes)
-        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, RuntimeError,
-                NotImplementedError) as e:  # zipfile: encrypted, unknown method
-            what = f"corrupt {path.suffix[1:]} file" if path.suffix in (".gz", ".zip") \
-                else "cannot read"
-            raise InputError(f"{path}: {what} ({_short(str(e))})") from None
-
-
-def _capped(path: Path, read: Callable[[int], bytes], packed: int | None,
-            max_bytes: int) -> bytes:
-    """``read`` in ``MAX_LINE`` chunks: at most ``max_bytes``, at most ``MAX_RATIO``
-    times ``packed`` (the compressed size) past ``RATIO_FROM``, no text line over ``MAX_LINE``."""
-    text = not _inner_name(path).endswith(".parquet")
-    bomb = max_bytes if packed is None else max(RATIO_FROM, MAX_RATIO * packed)
-    chunks: list[bytes] = []
-    size = line_start = 0
-    while chunk := read(MAX_LINE):
-        if text:  # a chunk is no longer than a line: only a line across chunks can be too long
-            first = chunk.find(b"\n")
-            if size + (first if first >= 0 else len(chunk)) - line_start > MAX_LINE:
-                row = sum(c.count(b"\n") for c in chunks) + 1
-                raise InputError(f"{path}: row {row}: a line longer than {MAX_LINE} bytes")
-            if first >= 0:
-                line_start = size + chunk.rfind(b"\n") + 1
-        size += len(chunk)
-        if size > max_bytes:
-            raise InputError(f"{path}: more than AETHERION_REPLAY_MAX_BYTES ({max_bytes}) "
-                             "bytes decompressed")
-        if size > bomb:
-            raise InputError(f"{path}: expands more than {MAX_RATIO} times its compressed "
-                             f"size ({packed} bytes): refused as a decompression bomb "
-                             "(decompress it yourself if it is genuine)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _inner_name(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".zip")
-
-
-LEAN_BAR = re.compile(rb"^\d{8} \d\d:\d\d,")
-LEAN_TRADE = re.compile(rb"^\d+,\d+,\d+")
-
-
-def load(path: Path, kind: str | None = None, column: str | None = None,
-         max_bytes: int = MAX_BYTES) -> Loaded:
-    """Read a trades or candles file into a sorted frame with epoch-ms ``ts``; ``column``: the
-    candles of one ticker of a wide file of closes; ``max_bytes``: AETHERION_REPLAY_MAX_BYTES
-    (see the module doc)."""
-    data = _raw_bytes(path, max_bytes)
-    try:
-        return _load(path, data, kind, column, max_bytes)
-    except InputError:
-        raise
-    except (pl.exceptions.PolarsError, ArithmeticError, ValueError) as e:  # not foreseen
-        raise InputError(f"{path}: cannot parse ({_short(_first_line(e))})") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _load(path: Path, data: bytes, kind: str | None, column: str | None,
-          max_bytes: int) -> Loaded:
-    head = data[:200]
-    if LEAN_BAR.match(head):
-        return _finish(path, _lean_bars(path, data), "candles", first=1)
-    if LEAN_TRADE.match(head) and kind != "candles":
-        return _finish(path, _lean_trades(path, data), "trades", first=1)
-    try:
-        if _inner_name(path).endswith(".parquet"):
-            df = _parquet(path, data, max_bytes)
-        else:
-            df = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except InputError:
-        raise
-    except Exception as e:  # polars raises several kinds for a corrupt file
-        raise InputError(f"{path}: cannot parse ({_short(_first_line(e))})") from None
-    if column is not None:
-        if kind == "trades":
-            raise InputError(f"{path}: --column reads candles (closes), not trades")
-        df, kind = _one_column(path, df, column), "candles"
-    df = df.rename({c: c.strip().lower() for c in df.columns})
-    _flat(path, df)
-    have = set(df.columns)
-    if kind is None:
-        close_only = "close" in have and not have & {"price", "size"}
-        kind = "candles" if set(CANDLE_COLUMNS) <= have or close_only else "trades"
-    cols = _trade_frame(path, df) if kind == "trades" else _candle_frame(path, df)
-    if TRUE_REGIME in have:
-        cols[TRUE_REGIME] = _true_regimes(path, df[TRUE_REGIME])
-    return _finish(path, pl.DataFrame(cols), kind)
-
-
-def _parquet(path: Path, data: bytes, max_bytes: int) -> pl.DataFrame:
-    """A Parquet file, refused from its metadata when it would not fit in ``max_bytes``."""
-    width = len(pl.read_parquet_schema(io.BytesIO(data)))
-    rows = pl.scan_parquet(io.BytesIO(data)).select(pl.len()).collect().item()
-    if rows * max(width, 1) * 8 > max_bytes:
-        raise InputError(f"{path}: {rows} rows of {width} columns would take more than "
-                         f"AETHERION_REPLAY_MAX_BYTES ({max_bytes}) bytes")
-    return pl.read_parquet(io.BytesIO(data))
-
-
-def _flat(path: Path, df: pl.DataFrame) -> None:
-    """The columns replay reads hold values, not lists or structs (Parquet)."""
-    for c in df.columns:
-        if c in USED and df[c].dtype.is_nested():
-            raise InputError(f"{path}: row 2, column {c}: {df[c].dtype} values, not one value "
-                             "a row")
-
-
-def _parsed(path: Path, df: pl.DataFrame, kind: str,
-            need: tuple[str, ...]) -> dict[str, pl.Series]:
-    """``ts`` and the numeric columns ``need[1:]``, parsed; a missing one is an InputError."""
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} for {kind} "
-                         f"(has: {_names(df.columns)})")
-    return {"ts": _ts(path, df["ts"]),
-            **{c: _floats(path, df[c], positive=c in PRICES) for c in need[1:]}}
-
-
-def _trade_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
-    cols = _parsed(path, df, "trades", TRADE_COLUMNS)
-    cols["side"] = _sides(path, df["side"]) if "side" in df.columns else pl.Series(
-        "side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8)
-    if "trade_id" in df.columns:
-        cols["trade_id"] = df["trade_id"].cast(pl.Utf8)
-    return cols
-
-
-def _candle_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
-    """``ts, close``; open, high and low all or none (none: each is the close); volume 0 when
-    absent."""
-    have = set(df.columns)
-    ranged = RANGE_COLUMNS if have & set(RANGE_COLUMNS) else ()
-    cols = _parsed(path, df, "candles",
-                   ("ts", *ranged, "close", *(("volume",) if "volume" in have else ())))
-    for c in RANGE_COLUMNS:
-        cols.setdefault(c, cols["close"].alias(c))
-    cols.setdefault("volume", pl.Series("volume", [0.0] * len(df), dtype=pl.Float64))
-    return cols
-
-
-def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``ts`` and ``close`` from a wide file's date column and ``column``, empty rows dropped."""
-    date = next((c for c in df.columns if c.strip().lower() in DATE_COLUMNS), None)
-    if date is None:
-        raise InputError(f"{path}: --column needs a date column named Date, date or ts "
-                         f"(has: {_names(df.columns)})")
-    tickers = [c for c in df.columns if c != date]
-    pick = next((c for c in tickers if c.strip() == column.strip()), None) or next(
-        (c for c in tickers if c.strip().lower() == column.strip().lower()), None)
-    if pick is None:
-        raise InputError(f"{path}: no column {_cut(column)} (available: {_names(tickers)})")
-    out = df.select(pl.col(date).alias("ts"), pl.col(pick).alias("close"))
-    _flat(path, out)
-    empty = out["close"].is_null() | (out["close"].cast(pl.Utf8).str.strip_chars() == "")
-    return out.filter(~empty)
-
-
-def _true_regimes(path: Path, s: pl.Series) -> pl.Series:
-    low = s.cast(pl.Utf8).str.strip_chars().str.to_lowercase()
-    known = low.is_in(list(REGIMES)).fill_null(False)
-    if not known.all():
-        row = int((~known).arg_max() or 0)
-        raise InputError(f"{path}: row {row + 2}, column {TRUE_REGIME}: {_cut(s[row])} is not "
-                         f"one of {', '.join(REGIMES)}")
-    return low.alias(TRUE_REGIME)
-
-
-def _bad_row(path: Path, col: str, original: pl.Series, parsed: pl.Series,
-             first: int = 2) -> InputError:
-    """``first``: the file row of the first value (2 after a header, 1 without)."""
-    bad = (parsed.is_null() & original.is_not_null()) | original.is_null()
-    row = int(bad.arg_max() or 0)
-    return InputError(f"{path}: row {row + first}, column {col}: cannot parse "
-                      f"{_cut(original[row])}")
-
-
-def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) -> pl.Series:
-    """Finite numbers (``positive``: above 0, as prices are)."""
-    if s.dtype.is_numeric():
-        out = s.cast(pl.Float64, strict=False)
-    elif s.dtype == pl.Utf8:
-        out = s.str.strip_chars().cast(pl.Float64, strict=False)
-    else:
-        raise InputError(f"{path}: row {first}, column {s.name}: {s.dtype} values, not numbers")
-    if out.null_count():
-        raise _bad_row(path, s.name, s, out, first)
-    bad = ~out.is_finite() | (out <= 0) if positive else ~out.is_finite()
-    if bad.any():
-        row = int(bad.arg_max() or 0)
-        why = "a price must be finite and above 0" if positive else "not a finite number"
-        raise InputError(f"{path}: row {row + first}, column {s.name}: {_cut(s[row])}: {why}")
-    return out
-
-
-def _ts(path: Path, s: pl.Series) -> pl.Series:
-    if s.dtype.is_integer():
-        parsed = s.cast(pl.Int64, strict=False)
-    else:
-        text = s.cast(pl.Utf8).str.strip_chars()
-        is_int = text.str.contains(r"^-?[0-9]+$")  # \d would take Arabic-Indic digits too
-        iso = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="ms").dt.epoch("ms")
-        parsed = pl.select(pl.when(is_int).then(text.cast(pl.Int64, strict=False))
-                           .otherwise(iso)).to_series()
-    if parsed.null_count():
-        raise _bad_row(path, "ts", s, parsed)
-    return parsed.alias("ts")
-
-
-def _sides(path: Path, s: pl.Series) -> pl.Series:
-    low = s.cast(pl.Utf8).str.strip_chars().str.to_lowercase()
-    out = low.replace_strict({"buy": BUY, "b": BUY, "sell": SELL, "s": SELL, "": UNKNOWN_SIDE},
-                             default=None, return_dtype=pl.Int8)
-    known = out.is_not_null() | low.is_null()
-    if not known.all():
-        row = int((~known).arg_max() or 0)
-        raise InputError(f"{path}: row {row + 2}, column side: {_cut(s[row])} is not buy or sell")
-    return out.fill_null(UNKNOWN_SIDE).alias("side")
-
-
-def _lean_bars(path: Path, data: bytes) -> pl.DataFrame:
-    df = pl.read_csv(io.BytesIO(data), has_header=False, infer_schema=False,
-                     new_columns=["ts", "open", "high", "low", "close", "volume"])
-    ts = df["ts"].str.to_datetime("%Y%m%d %H:%M", time_zone="UTC", strict=False,
-                                  time_unit="ms")
-    if ts.null_count():
-        raise _bad_row(path, "ts", df["ts"], ts)
-    out = {"ts": ts.dt.epoch("ms")}
-    for c in ("open", "high", "low", "close"):
-        out[c] = _floats(path, df[c], positive=True, first=1) / 10_000
-    out["volume"] = _floats(path, df["volume"], first=1)
-    return pl.DataFrame(out)
-
-
-def _lean_trades(path: Path, data: bytes) -> pl.DataFrame:
-    m = re.search(r"(\d{8})", path.name)
-    if not m:
-        raise InputError(f"{path}: a Lean trade file needs its date (YYYYMMDD) in its name")
-    try:
-        day = datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=NEW_YORK)
-    except ValueError:
-        raise InputError(f"{path}: {m.group(1)} in the name is not a date") from None
-    midnight = int(day.timestamp() * 1000)
-    df = pl.read_csv(io.BytesIO(data), has_header=False, infer_schema=False)
-    if df.width < 3:
-        raise InputError(f"{path}: a Lean trade file has at least 3 columns")
-    raw = df[df.columns[0]].alias("ts")
-    ms = _floats(path, raw, first=1)
-    bad = ~ms.is_between(0, TIMEFRAME_MS["1d"], closed="left")
-    if bad.any():
-        row = int(bad.arg_max() or 0)
-        raise InputError(f"{path}: row {row + 1}, column ts: {_cut(raw[row])} is not "
-                         "milliseconds since midnight")
-    return pl.DataFrame({
-        "ts": (ms.cast(pl.Int64) + midnight).alias("ts"),
-        "price": _floats(path, df[df.columns[1]].alias("price"), positive=True, first=1) / 10_000,
-        "size": _floats(path, df[df.columns[2]].alias("size"), first=1),
-        "side": pl.Series("side", [UNKNOWN_SIDE] * len(df), dtype=pl.Int8),
-    })
-
-
-def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2) -> Loaded:
-    """Sorted by ``ts``, repeated trade ids dropped; ``first``: the file row of the first."""
-    if df.is_empty():
-        raise InputError(f"{path}: no rows")
-    ts = df["ts"].to_numpy()
-    bad = (ts < TS_MIN) | (ts > TS_MAX)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(f"{path}: row {row + first}, column ts: {int(ts[row])} ms is outside "
-                         "the years 1-9999")
-    unsorted = int(np.sum(ts[1:] < ts[:-1])) if len(ts) > 1 else 0
-    if unsorted:
-        df = df.sort("ts", maintain_order=True)
-    duplicates = 0
-    if "trade_id" in df.columns:
-        n = len(df)
-        df = df.unique(subset="trade_id", keep="first", maintain_order=True)
-        duplicates = n - len(df)
-    return Loaded(kind, df, unsorted, duplicates, str(path))
 
 
 # ---- running --------------------------------------------------------------------------------
-
-@dataclass
-class ReplayResult:
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    sink: ListSink = field(repr=False)
-
 
 def _spacing(ts: np.ndarray[Any, Any]) -> str:
     diffs = np.diff(ts)
@@ -453,11 +57,13 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     base = TIMEFRAME_MS[timeframe]
     tfs = [timeframe] + [t for t in settings.timeframes
                          if TIMEFRAME_MS[t] > base and TIMEFRAME_MS[t] % base == 0]
-    s = settings.model_copy(update={"timeframes": tuple(tfs), "decision_timeframe": timeframe})
+    s = settings.model_copy(update={
+        "timeframes": tuple(tfs),
+        "decision": settings.decision.model_copy(update={"timeframe": timeframe})})
     safe = re.sub(r"[^a-z0-9_-]", "-", market_id.lower())[:32] or "replay"  # any name goes
     market = MarketConfig(id=safe, venue="crypto", connector="simulator", symbol=market_id)
     sink = ListSink()
-    pipe = MarketPipeline(market, s, sink)
+    pipe = build_pipeline(market, s, sink)
     t0 = time.perf_counter()
     n = len(df)
     if loaded.kind == "trades":
@@ -480,7 +86,7 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     if progress:
         sys.stderr.write("\n")
     truth = _truth(df, base) if TRUE_REGIME in df.columns else None
-    rows = _rows(sink, timeframe, truth)
+    rows = result_rows(sink, timeframe, truth)
     trades = n if loaded.kind == "trades" else 0
     shares = Counter(r["regime"] for r in rows)
     summary = {
@@ -497,7 +103,7 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
         "unsorted_rows_sorted": loaded.unsorted, "duplicate_trades_dropped": loaded.duplicates,
         "late_trades_dropped": pipe.candles.late_dropped,
     }
-    return ReplayResult(rows, summary, sink)
+    return ReplayResult(market, rows, summary, sink)
 
 
 def _candles(df: pl.DataFrame, market: str, timeframe: str, base: int,
@@ -522,45 +128,6 @@ def _truth(df: pl.DataFrame, base: int) -> dict[int, str]:
     last = (df.select((pl.col("ts") // base * base).alias("open_time"), TRUE_REGIME)
             .group_by("open_time", maintain_order=True).last())
     return dict(zip(last["open_time"].to_list(), last[TRUE_REGIME].to_list(), strict=True))
-
-
-def _rows(sink: ListSink, timeframe: str,
-          truth: dict[int, str] | None = None) -> list[dict[str, Any]]:
-    feats = {f.open_time: f for f in sink.features_ if f.timeframe == timeframe}
-    own = {u.open_time: u for u in sink.regimes if u.timeframe == timeframe}
-    fused = {u.open_time: u for u in sink.regimes if u.timeframe == "fused"}
-    decided = {d.bar_time: d for d in sink.decisions}
-    rows = []
-    position, exposure = "flat", 0.0
-    for b in sink.bars:
-        if b.timeframe != timeframe or b.revision:
-            continue
-        f, u, d = feats.get(b.open_time), fused.get(b.open_time), decided.get(b.open_time)
-        raw = own.get(b.open_time)
-        if d is not None:
-            position, exposure = d.position_after, d.exposure
-        row: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(b.open_time / 1000, tz=UTC).isoformat().replace(
-                "+00:00", "Z"),
-            "open": b.open, "high": b.high, "low": b.low, "close": b.close,
-            "volume": b.volume,
-            "atr": f.atr if f else None, "volatility": f.volatility if f else None,
-            "volume_delta": f.volume_delta if f else None,
-            "regime_raw": raw.regime_raw if raw else "unknown",
-            "confidence_raw": raw.confidence_raw if raw else 0.0,
-            "regime": u.regime if u else "unknown",
-            "confidence": u.confidence if u else 0.0,
-            "strategy": u.strategy if u else None,
-            "action": d.action if d else "HOLD", "position": position, "exposure": exposure,
-            "open_time": b.open_time, "trade_count": b.trade_count,
-            "model_version": u.model_version if u else None,
-            "rule": d.rule if d else None, "suppressed": d.suppressed if d else None,
-            "reason": d.reason if d else None,
-        }
-        if truth is not None and b.open_time in truth:
-            row[TRUE_REGIME] = truth[b.open_time]
-        rows.append(row)
-    return rows
 
 
 def _progress(done: int, total: int) -> None:

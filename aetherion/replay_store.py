@@ -10,51 +10,20 @@ then those of the live run, row for row.
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
-from collections.abc import Sequence
 from typing import Any
 
 from aetherion.config import Settings
-from aetherion.domain import Bar, ModelVersion, Tick
-from aetherion.pipeline import ListSink, MarketPipeline
-from aetherion.regime.model import FitResult, TrainRequest
-from aetherion.replay import InputError, ReplayResult, _rows
+from aetherion.decision.config import DecisionConfig
+from aetherion.domain import Bar, ModelVersion
+from aetherion.pipeline.replay import ReplayResult, replay_run
+from aetherion.recorded import InputError
+from aetherion.regime.config import RegimeConfig
 from aetherion.storage.market import open_market_store
 from aetherion.storage.state import StateStore
 
 __all__ = ["replay_from_store"]
 
 TICK_PAGE = 10_000_000
-
-
-class StoredTrainer:
-    """Hands out, per timeframe and in order, the model versions the live run trained."""
-
-    def __init__(self, versions: Sequence[ModelVersion]) -> None:
-        self.queue: dict[str, deque[ModelVersion]] = defaultdict(deque)
-        for v in sorted(versions, key=lambda v: v.version):
-            self.queue[v.timeframe].append(v)
-        self.missing = 0
-        self.waiting: list[tuple[ModelVersion, TrainRequest]] = []
-
-    def __call__(self, pipeline: MarketPipeline, req: TrainRequest) -> None:
-        q = self.queue[req.timeframe]
-        if not q:  # the live run stopped before this fit came back: it stays requested
-            self.missing += 1
-            return
-        self.waiting.append((q.popleft(), req))
-        self.on_event(pipeline)
-
-    def on_event(self, pipeline: MarketPipeline) -> None:
-        """Install each fit when event time reaches the time it arrived live (its
-        ``effective_from``), exactly where the live run installed it: after the bars closed by
-        then, before any later one."""
-        due = [(mv, req) for mv, req in self.waiting if mv.effective_from <= pipeline.event_ms]
-        for mv, req in due:
-            self.waiting.remove((mv, req))
-            result = FitResult(req, mv.status == "active", mv.reason, mv.params, mv.loglik)
-            pipeline.install(result, mv.effective_from)
 
 
 async def replay_from_store(settings: Settings, market_id: str, since: int | None = None,
@@ -96,38 +65,20 @@ async def replay_from_store(settings: Settings, market_id: str, since: int | Non
     finally:
         await store.close()
         await state.close()
-    s = settings.model_copy(update={"timeframes": tuple(run["timeframes"]), **run["settings"]})
-    return _run(s, market_id, history, ticks, versions, restored, run["started_ms"])
+    s = _run_settings(settings, run)
+    return replay_run(s, market_id, history, ticks, versions, restored, run["started_ms"])
 
 
-def _run(settings: Settings, market_id: str, history: dict[str, list[Bar]], ticks: list[Tick],
-         versions: list[ModelVersion], restored: dict[str, ModelVersion],
-         started_ms: int) -> ReplayResult:
-    market = settings.market(market_id)
-    assert market is not None  # noqa: S101 - checked by the caller
-    sink = ListSink()
-    trainer = StoredTrainer(versions)
-    pipe = MarketPipeline(market, settings, sink, trainer)
-    t0 = time.perf_counter()
-    for tf, mv in restored.items():  # as live: only the timeframes this run had (the
-        if tf in pipe.regime.tracks:  # store keeps models of runs with other TIMEFRAMES)
-            pipe.regime.restore(tf, mv.params, mv.version)
-    pipe.warm(history)
-    for i in range(0, len(ticks), 1000):
-        pipe.on_ticks(ticks[i:i + 1000])
-    if ticks:  # close what the clock had surely closed live by the last trade
-        pipe.on_clock(ticks[-1].ts)
-    elapsed = time.perf_counter() - t0
-    base = settings.timeframes[0]
-    rows = _rows(sink, base)
-    summary: dict[str, Any] = {
-        "input_kind": "store", "market": market_id, "run_started_ms": started_ms,
-        "timeframe": base, "timeframes": list(settings.timeframes), "bars": len(rows),
-        "trades": len(ticks), "elapsed_s": round(elapsed, 3),
-        "regimes": sum(u.timeframe == "fused" for u in sink.regimes),
-        "decisions": len(sink.decisions),
-        "models_replayed": len(versions) - sum(len(q) for q in trainer.queue.values())
-        - len(trainer.waiting),
-        "models_missing": trainer.missing,
-    }
-    return ReplayResult(rows, summary, sink)
+def _run_settings(settings: Settings, run: dict[str, Any]) -> Settings:
+    """``settings`` with the stages' settings the run recorded (nested, or the flat names
+    earlier versions recorded; fields this version does not have are left out)."""
+    rec = dict(run["settings"])
+    data = settings.model_dump()
+    data["timeframes"] = tuple(run["timeframes"])
+    for section, cfg in (("regime", RegimeConfig), ("decision", DecisionConfig)):
+        given = {**rec.pop(section, {}), **{k[len(section) + 1:]: rec.pop(k) for k in list(rec)
+                                            if k.startswith(section + "_")}}
+        data[section] = {**data[section],
+                         **{k: v for k, v in given.items() if k in cfg.model_fields}}
+    data.update({k: v for k, v in rec.items() if k in Settings.model_fields})
+    return Settings.model_validate(data)

@@ -105,6 +105,17 @@ def _ma_signal(closes: Array, window: int) -> Array:
     return np.concatenate([np.zeros(window - 1), above.astype(float)])
 
 
+MIN_CAGR_YEARS = 7 / 365.25  # annualizing less than a week of bars says nothing
+
+
+def _cagr(final: float, years: float | None) -> float | None:
+    if years is None or years < MIN_CAGR_YEARS:
+        return None
+    if final <= 0:
+        return -1.0
+    return math.exp(min(math.log(final) / years, 700.0)) - 1.0  # no overflow, however short
+
+
 def _book(held: Array, bar_ret: Array, cost: float, per_year: float,
           span_years: float) -> dict[str, Any]:
     """One book's statistics from the exposure held over each open-to-open bar."""
@@ -117,7 +128,7 @@ def _book(held: Array, bar_ret: Array, cost: float, per_year: float,
     final = float(equity[-1])
     return {
         "total_return": final - 1.0,
-        "cagr": None if years is None else (final ** (1 / years) - 1 if final > 0 else -1.0),
+        "cagr": _cagr(final, years),
         "annualized_volatility": sd * math.sqrt(per_year),
         "sharpe": (float(np.mean(rets)) / sd * math.sqrt(per_year)) if sd > FLAT_SD else None,
         "max_drawdown": float(np.max(1.0 - equity / peak)),

@@ -19,8 +19,21 @@ import numpy as np
 
 from aetherion.config import Settings
 from aetherion.ingest.simulator import SimulatedMarket
-from aetherion.pipeline import ListSink, MarketPipeline
+from aetherion.pipeline import ListSink, MarketPipeline, build_pipeline
 from aetherion.regime.model import BASE_INPUTS, TrainRequest, fit
+
+
+class Deferred:
+    """A trainer that only collects the requests (fitted after the timed step)."""
+
+    def __init__(self, due: list[TrainRequest]) -> None:
+        self.due = due
+
+    def request(self, pipeline: MarketPipeline, req: TrainRequest) -> None:
+        self.due.append(req)
+
+    def on_event(self, pipeline: MarketPipeline) -> None:
+        pass
 
 
 class TimedSink(ListSink):
@@ -45,7 +58,7 @@ def close_latency() -> tuple[float, float, int]:
     s = Settings(timeframes="1s,5s", decision_timeframe="1s")  # type: ignore[arg-type]
     sink = TimedSink()
     due: list[TrainRequest] = []
-    pipe = MarketPipeline(s.markets[0], s, sink, trainer=lambda _, req: due.append(req))
+    pipe = build_pipeline(s.markets[0], s, sink, Deferred(due))
 
     def install() -> None:
         while due:

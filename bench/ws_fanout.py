@@ -61,7 +61,7 @@ def serve_aetherion(port: int, rate: float, ready: Any) -> None:
     settings = Settings(markets=json.dumps([MARKET]), sim_rate=0.01,  # type: ignore[arg-type]
                         history_bars=0, sql_url="sqlite+aiosqlite:///:memory:", port=port)
     app = create_app(settings)
-    hub = app.state.runtime.hubs["market"]
+    hub = app.state.streams.hubs["market"]
 
     async def main() -> None:
         server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None,
@@ -98,7 +98,7 @@ def serve_bare(port: int, rate: float, ready: Any) -> None:
         for ws in list(clients):
             try:
                 await ws.send_text(text)
-            except Exception:  # noqa: BLE001 - a client that left
+            except Exception:  # a client that left
                 clients.discard(ws)
 
     async def main() -> None:

@@ -7,6 +7,7 @@
   started on a free port for the session.
 - ``sql_url``: each SQL backend in turn (embedded SQLite, then MySQL).
 - ``own_nx``: an ``nx-27017`` server of the test's own, which the test may stop and start again.
+- ``store``: each market store in turn (SQL on SQLite, SQL on MySQL, MongoDB).
 - ``TcpProxy``: a loopback TCP relay in front of a real server; ``stop()`` makes the server
   unreachable (refused connections, live ones cut), ``start()`` brings it back on the same port.
 """
@@ -32,6 +33,9 @@ from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from aetherion.storage.market import MarketStore, MongoMarketStore, SqlMarketStore
+from aetherion.storage.state import StateStore
 
 MYSQL_SERVER = os.environ.get("AETHERION_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306")
 
@@ -62,7 +66,7 @@ def mysql_url() -> Iterator[str]:
     name = f"aeth_test_{uuid.uuid4().hex[:10]}"
     try:
         _mysql_admin(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    except Exception as e:  # noqa: BLE001 - any failure to reach the server
+    except Exception as e:  # any failure to reach the server
         if os.environ.get("CI") == "true":
             pytest.fail(f"MySQL test server at {MYSQL_SERVER} is required in CI: {e}")
         pytest.skip(f"no MySQL server at {MYSQL_SERVER} ({e}); set AETHERION_TEST_MYSQL_URL")
@@ -264,3 +268,20 @@ def browser() -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MarketStore]:
+    """Each market store in turn: SQL tables on SQLite and on MySQL, then MongoDB."""
+    if request.param == "mongo":
+        url = request.getfixturevalue("mongo_url")
+        mongo = await MongoMarketStore.open(url, request.getfixturevalue("mongo_db"))
+        yield mongo
+        await mongo.client.drop_database(mongo.db.name)
+        await mongo.close()
+        return
+    url = (f"sqlite+aiosqlite:///{tmp_path}/m.db" if request.param == "sqlite"
+           else request.getfixturevalue("mysql_url"))
+    state = await StateStore.open(url)
+    yield SqlMarketStore(state.engine)
+    await state.close()

@@ -216,11 +216,12 @@ def test_seed_makes_the_first_live_coarse_bar_whole() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(trade_lists, st.integers(1, 400), st.booleans(), st.booleans())
-def test_columnar_chunks_give_the_bars_of_trade_by_trade_to_the_bit(
+def test_contract_replay_and_live_candle_paths_are_bit_equal(
     rows: list[tuple[int, int, int, int]], batch: int, shuffle_some: bool, unsided: bool
 ) -> None:
-    """The replay's column chunks (folded a bar at a time when in order, trade by trade when
-    not) emit exactly the bars ``on_ticks`` emits, sums included."""
+    """THE CONTRACT between replay and live: the replay's column chunks (``on_trades``, folded a
+    bar at a time when in order, trade by trade when not) emit exactly the bars the live path
+    (``on_ticks``) emits, sums included, to the bit. A replay is trusted because of this test."""
     ticks = [tick(T0 + dt, p / 100 + 0.001 * i, q / 7, UNKNOWN_SIDE if unsided and i % 9 == 0
                   else s, i) for i, (dt, p, q, s) in enumerate(rows)]
     if not shuffle_some:
@@ -237,7 +238,7 @@ def test_columnar_chunks_give_the_bars_of_trade_by_trade_to_the_bit(
     assert got + by_column.flush() == want + by_tick.flush()
 
 
-def test_columnar_spy_trades_equal_trade_by_trade() -> None:
+def test_contract_holds_on_a_real_day_of_spy_trades() -> None:
     """A real day of SPY trades in 50,000-trade chunks; sizes in thirds so that volumes are
     inexact in binary and the order of the sums shows."""
     from datadir import DATA

@@ -8,7 +8,6 @@ import io
 import math
 import random
 import zipfile
-from types import SimpleNamespace
 
 import pytest
 from datadir import DATA  # noqa: E402
@@ -322,12 +321,11 @@ def test_config_defaults_and_validation() -> None:
     assert default_timeframe(["1s", "5s"]) == "5s"
     assert default_timeframe(["1h", "1s", "5m", "1m"]) == "1m"
     assert default_timeframe(["15m", "1h"]) == "15m"
-    c = DecisionConfig.from_settings(Settings(timeframes=("5s", "5m", "1h")))
+    c = Settings(timeframes=("5s", "5m", "1h")).decision_config()
     assert (c.timeframe, c.min_confidence, c.cooldown_bars, c.allow_short) == ("5m", 0.6, 5, False)
     assert (c.rules, c.size_by_volatility, c.size_step, c.min_change) == ("hold", True, 0.25, 0.5)
-    ns = SimpleNamespace(timeframes=("1m", "5m"), decision_timeframe="5m",
-                         decision_allow_short=True, decision_min_confidence=0.8)
-    c = DecisionConfig.from_settings(ns)
+    c = Settings(timeframes=("1m", "5m"), decision_timeframe="5m",  # type: ignore[call-arg]
+                 decision_allow_short=True, decision_min_confidence=0.8).decision_config()
     assert (c.timeframe, c.allow_short, c.min_confidence) == ("5m", True, 0.8)
     assert DecisionConfig(timeframe="").resolved(["1s", "1h"]).timeframe == "1h"
     with pytest.raises(ValueError, match="not among the configured"):

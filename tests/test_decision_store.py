@@ -9,16 +9,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aetherion.decision import (
-    Decision,
-    DecisionConfig,
-    DecisionPolicy,
+from aetherion.decision import Decision, DecisionConfig, DecisionPolicy
+from aetherion.domain import Bar, Features, RegimeUpdate
+from aetherion.storage.decisions import (
     decision_history,
     latest_decisions,
     load_policy_state,
     write_decisions,
 )
-from aetherion.domain import Bar, Features, RegimeUpdate
 from aetherion.storage.migrate import upgrade_engine
 from aetherion.storage.schema import decisions as T
 from aetherion.storage.sql import make_engine

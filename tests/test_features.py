@@ -35,7 +35,7 @@ from aetherion.features import (
     true_range,
     volume_delta,
 )
-from aetherion.pipeline import ListSink, MarketPipeline
+from aetherion.pipeline import ListSink, build_pipeline
 
 IND = DATA / "indicators"
 
@@ -313,7 +313,7 @@ def test_each_timeframe_has_its_own_state(tmp_path: Path) -> None:
     """Through the pipeline: 5s features are computed from 5s bars, not from 1s bars."""
     sink = ListSink()
     s = Settings(timeframes="1s,5s")  # type: ignore[arg-type]
-    pipe = MarketPipeline(s.markets[0], s, sink)
+    pipe = build_pipeline(s.markets[0], s, sink)
     closed, got = sink.bars, sink.features_
     rng = np.random.default_rng(3)
     price = 100.0

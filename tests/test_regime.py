@@ -19,7 +19,7 @@ from hmmlearn.hmm import GaussianHMM
 from aetherion.config import MarketConfig, Settings
 from aetherion.domain import REGIMES, Bar, Features
 from aetherion.features import FeatureEngine
-from aetherion.pipeline import ListSink, MarketPipeline
+from aetherion.pipeline import ListSink, build_pipeline
 from aetherion.regime.engine import STRATEGY_OF, RegimeEngine, Stability
 from aetherion.regime.model import (
     INPUTS,
@@ -49,8 +49,9 @@ def spy_bars() -> list[Bar]:
 
 def run_daily(bars: list[Bar], settings: Settings) -> ListSink:
     sink = ListSink()
-    s = settings.model_copy(update={"timeframes": ("1d",), "decision_timeframe": "1d"})
-    pipe = MarketPipeline(MarketConfig(id="spy", venue="us", connector="simulator",
+    s = Settings.model_validate({**settings.model_dump(), "timeframes": "1d",
+                                 "decision_timeframe": "1d"})
+    pipe = build_pipeline(MarketConfig(id="spy", venue="us", connector="simulator",
                                        symbol="SPY"), s, sink)
     for i in range(0, len(bars), 500):
         pipe.on_bars(bars[i:i + 500])
@@ -130,7 +131,7 @@ def test_fit_is_deterministic_and_rejects_degenerate_input() -> None:
 
 def test_rejected_fit_keeps_previous_model() -> None:
     s = Settings(timeframes="1m", regime_min_bars=50)  # type: ignore[arg-type]
-    eng = RegimeEngine("m", ["1m"], s)
+    eng = RegimeEngine("m", ["1m"], s.regime)
     obs = spy_obs(300)
     good = fit(TrainRequest("m", "1m", obs, RANGED, 0, 1, restarts=1))
     mv1 = eng.install(good, 0)
@@ -161,7 +162,7 @@ def test_stability_needs_k_bars_above_threshold() -> None:
 
 def test_fusion_weights_and_transition() -> None:
     s = Settings(timeframes="1m,5m", regime_k=2)  # type: ignore[arg-type]
-    eng = RegimeEngine("m", ["1m", "5m"], s)
+    eng = RegimeEngine("m", ["1m", "5m"], s.regime)
     up, t = eng.fuse(60_000)
     assert up.regime == "unknown" and up.confidence == 0.0 and t is None
     eng.tracks["1m"].probs = p(bear=1.0)
@@ -181,7 +182,7 @@ def test_fusion_weights_and_transition() -> None:
 
 def test_confidence_raw_is_the_probability_of_the_raw_regime() -> None:
     s = Settings(timeframes="1m,5m", regime_k=2)  # type: ignore[arg-type]
-    eng = RegimeEngine("m", ["1m", "5m"], s)
+    eng = RegimeEngine("m", ["1m", "5m"], s.regime)
     up, _ = eng.fuse(60_000)
     assert (up.regime_raw, up.confidence_raw) == ("unknown", 0.0)
     t = eng.tracks["1m"]
@@ -274,9 +275,9 @@ async def test_models_persist_and_are_reused_after_restart(sql_url: str) -> None
     assert len(listed) == len(sink.models)
     # A "restarted" engine with the stored model says exactly what the running one says.
     fe = FeatureEngine("spy", "1d")
-    running = RegimeEngine("spy", ["1d"], s)
+    running = RegimeEngine("spy", ["1d"], s.regime)
     running.restore("1d", newest.params, newest.version)
-    restarted = RegimeEngine("spy", ["1d"], s)
+    restarted = RegimeEngine("spy", ["1d"], s.regime)
     restarted.restore("1d", latest["1d"].params, latest["1d"].version)
     for b in bars[:400]:
         f = fe.on_bar(b)
@@ -339,7 +340,7 @@ def test_a_crash_after_a_calm_window_is_crisis() -> None:
 
 def test_close_only_bars_fit_on_returns_and_a_missing_range_is_marginalized() -> None:
     s = Settings(timeframes="1d", regime_min_bars=100)  # type: ignore[arg-type]
-    eng = RegimeEngine("m", ["1d"], s)
+    eng = RegimeEngine("m", ["1d"], s.regime)
     rng = np.random.default_rng(2)
     for i in range(150):  # o = h = l = c: no range at all
         r = float(rng.normal(0, 0.01))
@@ -377,7 +378,7 @@ def test_simulated_market_regimes_against_the_truth(tmp_path: Path) -> None:
 
 def test_skipped_versions_are_never_given_again() -> None:
     s = Settings(timeframes="1m")  # type: ignore[arg-type]
-    eng = RegimeEngine("m", ["1m"], s)
+    eng = RegimeEngine("m", ["1m"], s.regime)
     good = fit(TrainRequest("m", "1m", spy_obs(300), RANGED, 0, 1, restarts=1))
     eng.skip_versions("1m", 4)
     eng.skip_versions("1m", 2)  # never back
@@ -390,21 +391,21 @@ async def test_versions_never_repeat_across_a_restart_without_an_active_model(
 ) -> None:
     """A rejected v1 stored, a restart with no active model: the next fit is v2, stored with
     its parameters (not dropped as a "v1 already stored"), and the restart after reuses it."""
-    from aetherion.ingest.simulator import SimulatorConnector
-    from aetherion.pipeline import LiveMarket, Runtime, train_inline
+    from aetherion.ingest.registry import build_connector
+    from aetherion.pipeline import LiveMarket, build_pipeline
+    from aetherion.pipeline.startup import restore_models
 
     s = Settings(timeframes="1d", decision_timeframe="1d")  # type: ignore[arg-type]
     spy = MarketConfig(id="spy", venue="us", connector="simulator", symbol="SPY")
     good = fit(TrainRequest("spy", "1d", spy_obs(300), RANGED, 0, 1, restarts=1))
     assert good.ok
-    rejected = RegimeEngine("spy", ["1d"], s).install(
+    rejected = RegimeEngine("spy", ["1d"], s.regime).install(
         FitResult(good.request, False, "a state holds 0.0% of the window"), 0)
-    runtime = Runtime(s)
-    runtime.state = state = await StateStore.open(sql_url)
+    state = await StateStore.open(sql_url)
 
     async def restart() -> RegimeEngine:  # what start-up does before the market runs
-        live = LiveMarket(spy, s, SimulatorConnector(spy, s), ListSink(), train_inline)
-        await runtime._restore_models(live)
+        live = LiveMarket(spy, build_pipeline(spy, s, ListSink()), build_connector(spy, s, None))
+        await restore_models(live, state)
         return live.pipeline.regime
 
     try:
@@ -445,7 +446,7 @@ def test_a_stored_model_of_other_inputs_is_not_reused() -> None:
            "scaler_std": [1.0, 1.0], "startprob": [0.25] * 4,
            "transmat": (np.eye(4) * 0.96 + 0.01).tolist(), "means": np.zeros((4, 2)).tolist(),
            "covars": [np.eye(2).tolist()] * 4, "labels": list(REGIMES)}
-    eng = RegimeEngine("m", ["1m"], Settings(timeframes="1m", regime_min_bars=100))  # type: ignore[arg-type]
+    eng = RegimeEngine("m", ["1m"], Settings(timeframes="1m", regime_min_bars=100).regime)  # type: ignore[arg-type]
     assert eng.restore("1m", old, 3) is False
     rng = np.random.default_rng(4)
     for i in range(120):

@@ -102,3 +102,34 @@ def test_a_restart_goes_on_from_the_stored_price_and_model_versions(tmp_path: Pa
     after = [(e["timeframe"], e["version"]) for e in logged(log2, "regime model trained")]
     assert after and all(v > highest[tf] for tf, v in after)
     assert not logged(log2, "model version taken by another model; this one is not stored")
+
+
+def test_bars_spanning_a_restart_hold_exactly_the_stored_trades(tmp_path: Path) -> None:
+    """Stopped mid-minute and started again, the minute's bar (and every bar before and after)
+    is the fold of the trades the store holds for it: the restart rebuilds the bars it left open
+    from the recorded trades, not from made-up history."""
+    db = tmp_path / "live.db"
+    env = {**env_for(db, 30_000.0), "AETHERION_TIMEFRAMES": "1s,5s,1m"}
+    while time.time() % 60 > 25:  # stop by second ~35, the bar closes ~25 s after the start
+        time.sleep(0.5)
+    with server(env, tmp_path / "first.log", cwd=tmp_path):
+        time.sleep(8)
+    stopped = time.time()
+    minute = int(stopped // 60 * 60_000)
+    with server(env, tmp_path / "second.log", cwd=tmp_path):
+        wait_for("the minute's bar", lambda: bool(query(
+            db, "select 1 from market_candles where timeframe = '1m' and open_time = ?",
+            minute)), seconds=75)
+    first = query(db, "select min(ts) from market_ticks")[0][0]
+    checked = 0
+    for tf, ms in (("1s", 1000), ("5s", 5000), ("1m", 60_000)):
+        rows = query(db, "select open_time, trade_count, volume from market_candles "
+                         "where timeframe = ? and open_time >= ?", tf, first - first % ms + ms)
+        for open_time, count, volume in rows:
+            ((n, v),) = query(db, "select count(*), coalesce(sum(size), 0) from market_ticks "
+                                  "where ts >= ? and ts < ?", open_time, open_time + ms)
+            assert (count, round(volume, 6)) == (n, round(v, 6)), (tf, open_time)
+            checked += 1
+    spanning = query(db, "select trade_count from market_candles where timeframe = '1m' "
+                         "and open_time = ?", minute)
+    assert spanning and spanning[0][0] > 200 and checked > 20

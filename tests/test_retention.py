@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 from test_e2e import server
-from test_storage import bar, store  # noqa: F401 - the store fixture (SQLite, MySQL, Mongo)
+from test_storage import bar
 
 from aetherion.config import Settings
 from aetherion.decision.model import Decision
-from aetherion.decision.store import write_decisions
 from aetherion.domain import BUY, BookSnapshot, Features, RegimeUpdate, Tick, Transition
+from aetherion.storage.decisions import write_decisions
 from aetherion.storage.market import MarketStore
 from aetherion.storage.retention import MARKET_TABLES, STATE_TABLES, plan
 from aetherion.storage.state import StateStore
@@ -25,7 +25,7 @@ SETTINGS = Settings(retention_ticks="1d", retention_books="12h",  # type: ignore
                     retention_history="30d")
 
 
-async def test_purge_keeps_what_is_within_each_horizon(store: MarketStore) -> None:  # noqa: F811
+async def test_purge_keeps_what_is_within_each_horizon(store: MarketStore) -> None:
     old_tick, new_tick = NOW - 2 * DAY, NOW - DAY // 2
     await store.write_ticks([Tick("btc", old_tick, 1.0, 1.0, BUY, "1"),
                              Tick("btc", new_tick, 1.0, 1.0, BUY, "2")])

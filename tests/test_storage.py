@@ -7,7 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +32,6 @@ TABLES = {
     "market_ticks", "market_candles", "market_features", "crypto_orderbook", "us_orderbook",
     "nse_orderbook",
 }
-
-
-@pytest.fixture(params=["sqlite", "mysql", "mongo"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MarketStore]:
-    if request.param == "mongo":
-        url = request.getfixturevalue("mongo_url")
-        mongo = await MongoMarketStore.open(url, request.getfixturevalue("mongo_db"))
-        yield mongo
-        await mongo.client.drop_database(mongo.db.name)
-        await mongo.close()
-        return
-    url = (f"sqlite+aiosqlite:///{tmp_path}/m.db" if request.param == "sqlite"
-           else request.getfixturevalue("mysql_url"))
-    state = await StateStore.open(url)
-    yield SqlMarketStore(state.engine)
-    await state.close()
 
 
 def bar(t: int, close: float = 10.0, revision: int = 0, tf: str = "1m") -> Bar:
@@ -75,7 +59,7 @@ async def test_migration_0002_adds_confidence_raw_and_exposure(sql_url: str) -> 
     from alembic import command
     from alembic.config import Config
 
-    from aetherion.decision.store import decision_history, load_policy_state
+    from aetherion.storage.decisions import decision_history, load_policy_state
     from aetherion.storage.schema import decisions, regime_state
 
     def to(rev: str, down: bool = False) -> Callable[[Any], None]:

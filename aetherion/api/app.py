@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,8 +18,9 @@ from sqlalchemy import NullPool, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aetherion import __version__
-from aetherion.api import dashboard, decision, market, regime
+from aetherion.api import dashboard, decision, market, performance, regime
 from aetherion.api.params import UnknownMarket
+from aetherion.api.publish import Streams
 from aetherion.api.security import ApiKeyMiddleware, WebSocketGate
 from aetherion.config import Settings
 from aetherion.pipeline import Runtime
@@ -67,14 +69,14 @@ class StoreProbe:
                 conn = await fresh.connect()
         except TimeoutError:
             return f"no connection within {CONNECT_TIMEOUT_S:g} s", None
-        except Exception as e:  # noqa: BLE001 - refused, unresolvable, unopenable: all down
+        except Exception as e:  # refused, unresolvable, unopenable: all down
             return _why(e), None
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 await conn.execute(select(1))
         except TimeoutError:
             return None, f"connected, no answer within {ANSWER_TIMEOUT_S:g} s"
-        except Exception as e:  # noqa: BLE001 - connected, then cut: down
+        except Exception as e:  # connected, then cut: down
             return _why(e), None
         finally:
             with contextlib.suppress(Exception):
@@ -88,7 +90,7 @@ class StoreProbe:
             return None, None
         except TimeoutError:
             pass
-        except Exception as e:  # noqa: BLE001 - refused, selection failed: down
+        except Exception as e:  # refused, selection failed: down
             return _why(e), None
         client = getattr(store, "client", None)
         if client is None:
@@ -110,12 +112,13 @@ async def readiness(runtime: Runtime, probe: StoreProbe) -> tuple[list[str], lis
     """Why the process is not ready (empty when it is), and which stores are merely busy."""
     problems: list[str] = []
     busy: list[str] = []
-    if getattr(runtime, "state", None) is None or getattr(runtime, "store", None) is None:
+    stores = runtime.stores
+    if stores is None:
         problems.append("starting: stores not open yet")
     else:
-        sql = await probe.sql(runtime.state.engine)
-        if runtime.store.name == "mongo":
-            market = await probe.mongo(runtime.store)
+        sql = await probe.sql(stores.state.engine)
+        if stores.market.name == "mongo":
+            market = await probe.mongo(stores.market)
         else:
             market = sql  # the embedded market store: tables in the same database
         for name, (down, slow) in (("sql", sql), ("market store", market)):
@@ -123,15 +126,16 @@ async def readiness(runtime: Runtime, probe: StoreProbe) -> tuple[list[str], lis
                 problems.append(f"{name} unreachable: {down}")
             elif slow:
                 busy.append(f"{name} busy: {slow}")
-    for mid, live in runtime.markets.items():
-        state = live.connector.stats.state
+    for mid in runtime.markets:
+        state = runtime.view(mid).status["state"]
         if state not in ("live", "connecting", "resyncing"):
             problems.append(f"market {mid} is {state}")
     return problems, busy
 
 
 def create_app(settings: Settings) -> FastAPI:
-    runtime = Runtime(settings)
+    streams = Streams()
+    runtime = Runtime(settings, streams)
     probe = StoreProbe()
 
     @asynccontextmanager
@@ -150,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
                          static_url=DOCS_ASSETS)
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.streams = streams
 
     @app.exception_handler(UnknownMarket)
     async def unknown_market(request: Request, exc: UnknownMarket) -> JSONResponse:
@@ -161,6 +166,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/api/cluster", tags=["ops"])
+    async def cluster() -> dict[str, Any]:
+        """The instances of the cluster (cluster mode, ``AETHERION_NATS_URL``): each one's id,
+        heartbeat and markets, who owns each market and the age of its lease; in one process,
+        ``mode: single``."""
+        return runtime.cluster_status()
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
@@ -186,11 +198,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(regime.ws_router)
     app.include_router(decision.router)
     app.include_router(decision.ws_router)
+    app.include_router(performance.router)
     app.include_router(dashboard.router)
     # Outermost last: CORS answers preflights before the key is asked for; the gate counts only
     # WebSockets that passed the key check.
     app.add_middleware(WebSocketGate, origins=settings.ws_origins,
-                       max_clients=settings.ws_max_clients, counts=runtime.ws_counts)
+                       max_clients=settings.ws_max_clients, counts=streams.ws_counts)
     app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

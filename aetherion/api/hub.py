@@ -19,21 +19,15 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-import orjson
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-__all__ = ["Hub", "encode"]
+__all__ = ["Hub"]
 
 log = structlog.get_logger(__name__)
 
 TRY_AGAIN_LATER = 1013
 _GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what a send to a client that left raises
-
-
-def encode(kind: str, market: str, payload: dict[str, Any]) -> str:
-    """One stream message: ``{"type": kind, "market": market, **payload}`` as JSON text."""
-    return orjson.dumps({"type": kind, "market": market, **payload}).decode()
 
 
 class _Client:

@@ -9,9 +9,9 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
 
-from aetherion.api.hub import encode
+from aetherion.api.deps import LiveDep, LiveView, StoresDep, StreamsDep
 from aetherion.api.params import HistoryDep, MarketDep, UnknownMarket, timeframe_of
-from aetherion.api.payloads import bar_json, book_json, features_json, tick_json
+from aetherion.api.publish import Streams, snapshot_json
 from aetherion.api.schemas import (
     CandlesOut,
     FeaturesOut,
@@ -21,7 +21,7 @@ from aetherion.api.schemas import (
     TradesOut,
 )
 from aetherion.ingest.sessions import next_open_ms, session_open
-from aetherion.pipeline import Runtime
+from aetherion.payloads import bar_json, book_json, encode, features_json, tick_json
 
 __all__ = ["QUERY_TIMEOUT_S", "bounded", "router", "ws_router"]
 
@@ -38,11 +38,6 @@ ws_router = APIRouter()
 TimeframeQ = Annotated[str | None, Query(description="one of the configured timeframes")]
 
 
-def _rt(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
 async def bounded(what: str, query: Awaitable[T]) -> T:
     """``query``'s result, or 503 when it takes longer than ``QUERY_TIMEOUT_S``."""
     try:
@@ -55,12 +50,15 @@ async def bounded(what: str, query: Awaitable[T]) -> T:
 
 
 @router.get("/status", response_model=StatusOut)
-async def status(request: Request) -> dict[str, Any]:
-    rt = _rt(request)
+async def status(rt: LiveDep) -> dict[str, Any]:
     markets = []
     now = time.time_ns() // 1_000_000
+    owners = rt.ownership()
     for m in rt.settings.markets:
-        stats = rt.markets[m.id].connector.stats.as_dict() if m.id in rt.markets else {}
+        try:
+            stats = rt.view(m.id).status
+        except KeyError:  # not started yet
+            stats = {}
         if m.connector == "simulator":
             session: dict[str, Any] = {"session": "simulated"}  # trades around the clock
         elif session_open(m.venue, now):
@@ -68,29 +66,28 @@ async def status(request: Request) -> dict[str, Any]:
         else:
             session = {"session": "closed", "next_open_ms": next_open_ms(m.venue, now)}
         markets.append({"id": m.id, "venue": m.venue, "connector": m.connector,
-                        "symbol": m.symbol, **session, **stats})
+                        "symbol": m.symbol, **session, **stats, **owners[m.id]})
     return {"markets": markets, "stores": rt.store_status()}
 
 
 @router.get("/snapshot/{market}", response_model=SnapshotOut)
-async def snapshot(request: Request, m: MarketDep) -> dict[str, Any]:
-    return _rt(request).markets[m.id].snapshot()
+async def snapshot(rt: LiveDep, m: MarketDep) -> dict[str, Any]:
+    return snapshot_json(rt.view(m.id))
 
 
 @router.get("/trades/{market}", response_model=TradesOut)
-async def trades(request: Request, m: MarketDep, h: HistoryDep) -> dict[str, Any]:
-    rows = await bounded("trades", _rt(request).store.ticks(m.id, h.limit, h.since, h.until))
+async def trades(st: StoresDep, m: MarketDep, h: HistoryDep) -> dict[str, Any]:
+    rows = await bounded("trades", st.market.ticks(m.id, h.limit, h.since, h.until))
     return {"market": m.id, "trades": [tick_json(t) for t in rows]}
 
 
 @router.get("/orderbook/{market}", response_model=OrderbookOut)
 async def orderbook(
-    request: Request, m: MarketDep,
+    rt: LiveDep, st: StoresDep, m: MarketDep,
     depth: Annotated[int, Query(ge=1, le=1000, description="levels a side")] = 20,
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    book = rt.markets[m.id].book or await bounded("orderbook",
-                                                  rt.store.latest_book(m.venue, m.id))
+    book = rt.view(m.id).book or await bounded("orderbook",
+                                               st.market.latest_book(m.venue, m.id))
     if book is None:
         raise HTTPException(503, f"no order book received yet for {m.id}")
     return book_json(book, depth)
@@ -98,20 +95,19 @@ async def orderbook(
 
 @router.get("/candles/{market}", response_model=CandlesOut)
 async def candles(
-    request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
+    request: Request, st: StoresDep, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
 ) -> dict[str, Any]:
     tf = timeframe_of(request, timeframe)
-    rows = await bounded("candles", _rt(request).store.bars(m.id, tf, h.limit, h.since, h.until))
+    rows = await bounded("candles", st.market.bars(m.id, tf, h.limit, h.since, h.until))
     return {"market": m.id, "timeframe": tf, "candles": [bar_json(b) for b in rows]}
 
 
 @router.get("/features/{market}", response_model=FeaturesOut)
 async def features(
-    request: Request, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
+    request: Request, st: StoresDep, m: MarketDep, h: HistoryDep, timeframe: TimeframeQ = None
 ) -> dict[str, Any]:
     tf = timeframe_of(request, timeframe)
-    rows = await bounded("features",
-                         _rt(request).store.features(m.id, tf, h.limit, h.since, h.until))
+    rows = await bounded("features", st.market.features(m.id, tf, h.limit, h.since, h.until))
     return {"market": m.id, "timeframe": tf, "features": [features_json(f) for f in rows]}
 
 
@@ -126,10 +122,9 @@ def parse_markets(ws: WebSocket, known: list[str]) -> frozenset[str] | None:
     return wanted
 
 
-async def serve_stream(ws: WebSocket, stream: str) -> None:
+async def serve_stream(ws: WebSocket, stream: str, rt: LiveView, streams: Streams) -> None:
     """Accept a client of ``stream``: snapshot per followed market first, then live messages."""
-    rt: Runtime = ws.app.state.runtime
-    known = list(rt.markets)
+    known = [m.id for m in rt.settings.markets]
     try:
         markets = parse_markets(ws, known)
     except UnknownMarket as e:
@@ -141,12 +136,12 @@ async def serve_stream(ws: WebSocket, stream: str) -> None:
     await ws.accept()
 
     def first(wanted: frozenset[str] | None) -> list[str]:
-        return [encode("snapshot", mid, rt.markets[mid].snapshot())
+        return [encode("snapshot", mid, snapshot_json(rt.view(mid)))
                 for mid in known if wanted is None or mid in wanted]
 
-    await rt.hubs[stream].serve(ws, markets, first)
+    await streams.hubs[stream].serve(ws, markets, first)
 
 
 @ws_router.websocket("/ws/market")
-async def ws_market(ws: WebSocket) -> None:
-    await serve_stream(ws, "market")
+async def ws_market(ws: WebSocket, rt: LiveDep, streams: StreamsDep) -> None:
+    await serve_stream(ws, "market", rt, streams)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
 from aetherion.config import MarketConfig
-from aetherion.domain import TIMEFRAME_MS
+from aetherion.domain import TIMEFRAME_MS, parse_time
 
 __all__ = [
-    "History", "HistoryDep", "MarketDep", "UnknownMarket", "history", "market_of", "parse_time",
-    "timeframe_of",
+    "History", "HistoryDep", "MarketDep", "UnknownMarket", "history", "market_of", "timeframe_of",
 ]
 
 
@@ -33,36 +31,6 @@ def market_of(request: Request, market: str) -> MarketConfig:
     return cfg
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def _cut(value: str, width: int = 80) -> str:
-    """``value`` quoted, cut to about ``width`` characters (an error never echoes a huge one)."""
-    return repr(value if len(value) <= width else value[:width] + "…")
-
-
-def parse_time(name: str, value: str | None) -> int | None:
-    """Epoch milliseconds from ``value``: an integer, or ISO-8601 (naive means UTC)."""
-    if value is None or value == "":
-        return None
-    v = value.strip()
-    digits = v.removeprefix("-")
-    if digits.isascii() and digits.isdigit():  # '²' is a digit to isdigit(), not to int()
-        if len(digits.lstrip("0")) > 19 or not INT64_MIN <= int(v) <= INT64_MAX:  # a 64-bit column
-            raise HTTPException(422, f"{name}: {_cut(value)} is beyond 64-bit epoch "
-                                     "milliseconds")
-        return int(v)
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(
-            422, f"{name}: {_cut(value)} is neither epoch milliseconds nor an ISO-8601 time"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
-
-
 class History:
     """``limit``, ``since`` and ``until`` of a history endpoint (newest first)."""
 
@@ -77,7 +45,10 @@ def history(
     since: Annotated[str | None, Query(description="epoch ms or ISO-8601, inclusive")] = None,
     until: Annotated[str | None, Query(description="epoch ms or ISO-8601, inclusive")] = None,
 ) -> History:
-    return History(limit, parse_time("since", since), parse_time("until", until))
+    try:
+        return History(limit, parse_time("since", since), parse_time("until", until))
+    except ValueError as e:  # the parser says what is wrong in one line
+        raise HTTPException(422, str(e)) from None
 
 
 def timeframe_of(request: Request, timeframe: str | None) -> str:

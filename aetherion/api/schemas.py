@@ -159,6 +159,10 @@ class MarketStatusOut(BaseModel):
     gaps_detected: int
     gaps_filled: int
     latency_ms: dict[str, LatencyOut]
+    owner: str | None = Field(None, description=(
+        "cluster mode: the instance running this market (null in one process, or while no "
+        "instance holds it)"))
+    lease_age_s: float | None = Field(None, description="cluster mode: age of the owner's lease")
 
 
 class StatusOut(BaseModel):

@@ -12,15 +12,8 @@ from aetherion.decision.model import (
     decision_id,
 )
 from aetherion.decision.policy import DecisionPolicy
-from aetherion.decision.store import (
-    decision_history,
-    latest_decisions,
-    load_policy_state,
-    write_decisions,
-)
 
 __all__ = [
     "ACTIONS", "POSITIONS", "Action", "Decision", "DecisionConfig", "DecisionPolicy",
-    "PolicyState", "Position", "decision_history", "decision_id", "default_timeframe",
-    "latest_decisions", "load_policy_state", "write_decisions",
+    "PolicyState", "Position", "decision_id", "default_timeframe",
 ]

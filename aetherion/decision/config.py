@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -78,11 +78,3 @@ class DecisionConfig(BaseModel):
             raise ValueError(f"decision timeframe {tf!r} is not among the configured "
                              f"timeframes {list(timeframes)}")
         return self.model_copy(update={"timeframe": tf})
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> DecisionConfig:
-        """From ``Settings``' ``decision_<field>`` attributes (unset ones keep the defaults),
-        resolved against ``settings.timeframes``."""
-        given = {name: getattr(settings, f"decision_{name}") for name in cls.model_fields
-                 if hasattr(settings, f"decision_{name}")}
-        return cls(**given).resolved(settings.timeframes)

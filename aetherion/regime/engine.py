@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aetherion.config import Settings
 from aetherion.domain import (
     REGIMES,
     TIMEFRAME_MS,
@@ -23,6 +22,7 @@ from aetherion.domain import (
     RegimeUpdate,
     Transition,
 )
+from aetherion.regime.config import RegimeConfig
 from aetherion.regime.model import (
     BASE_INPUTS,
     INPUTS,
@@ -94,17 +94,17 @@ class _Track:
 
 
 class RegimeEngine:
-    def __init__(self, market: str, timeframes: Sequence[str], settings: Settings) -> None:
+    def __init__(self, market: str, timeframes: Sequence[str],
+                 cfg: RegimeConfig | None = None) -> None:
         self.market = market
-        self.s = settings
+        self.cfg = cfg = cfg or RegimeConfig()
         self.timeframes = tuple(timeframes)
         self.finest_ms = TIMEFRAME_MS[self.timeframes[0]]
         self.tracks = {
-            tf: _Track(tf, settings.regime_memory,
-                       Stability(settings.regime_threshold, settings.regime_k))
+            tf: _Track(tf, cfg.memory, Stability(cfg.threshold, cfg.k))
             for tf in self.timeframes
         }
-        self.fused = Stability(settings.regime_threshold, settings.regime_k)
+        self.fused = Stability(cfg.threshold, cfg.k)
         self.strategy: str | None = None
         self.last_fused: RegimeUpdate | None = None
         self._due: list[_Track] = []
@@ -154,9 +154,9 @@ class RegimeEngine:
     def _maybe_request(self, t: _Track) -> None:
         if t.requested:
             return
-        first = (t.model is None and t.pending is None and t.valid >= self.s.regime_min_bars
+        first = (t.model is None and t.pending is None and t.valid >= self.cfg.min_bars
                  and t.valid >= t.retry_at)
-        again = t.model is not None and t.since_request >= self.s.regime_retrain_bars
+        again = t.model is not None and t.since_request >= self.cfg.retrain_bars
         if first or again:  # the request is built in ``training_due``, off the close path
             self._due.append(t)
             t.requested = True
@@ -166,16 +166,16 @@ class RegimeEngine:
         rows = [(ot, v) for ot, v in t.history if v[0] is not None]  # 0: log_return
         if not rows:
             return None
-        s = self.s
+        s = self.cfg
         # The range is an input only where bars have one (not close-only series, not markets
         # of one-trade bars): a constant input tells the model nothing.
-        recent = rows[-s.regime_window:]
+        recent = rows[-s.window:]
         ranged = sum(v[1] is not None for _, v in recent) >= RANGE_SHARE * len(recent)
         inputs = ALL_INPUTS if ranged else BASE_INPUTS
         obs = [v[:len(inputs)] for _, v in rows]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
-                            s.regime_seed, s.regime_restarts, s.regime_n_iter, s.regime_window,
-                            s.regime_stay_bars, s.regime_stay_weight, s.regime_crisis_ratio)
+                            s.seed, s.restarts, s.n_iter, s.window,
+                            s.stay_bars, s.stay_weight, s.crisis_ratio)
 
     def training_due(self) -> list[TrainRequest]:
         """Requests for every timeframe due a fit (asked after the close's decision)."""
@@ -262,7 +262,7 @@ class RegimeEngine:
         acc = dict.fromkeys(REGIMES, 0.0)
         contributions: dict[str, dict[str, float]] = {}
         for tf, t in self.tracks.items():
-            w = self.s.weight(tf)
+            w = self.cfg.weight(tf, self.timeframes)
             if t.probs is None or w <= 0:
                 continue
             for r in REGIMES:
@@ -284,7 +284,7 @@ class RegimeEngine:
         raw, changed = self.fused.step(probs)
         held = {t.stability.stable for t in self.tracks.values() if t.probs is not None}
         if before == UNKNOWN and not changed and held == {raw} \
-                and probs[raw] >= self.s.regime_threshold:
+                and probs[raw] >= self.cfg.threshold:
             # Leaving "unknown": every timeframe's own stability rule already holds this regime.
             self.fused.stable, self.fused.candidate, self.fused.count = raw, None, 0
             changed = True
@@ -297,7 +297,7 @@ class RegimeEngine:
         if changed:
             parts = ", ".join(f"{tf} {_top(c)} {c[_top(c)]:.2f}"
                               for tf, c in contributions.items())
-            cause = (f"{stable} held p>={self.s.regime_threshold} for {self.s.regime_k} bars "
+            cause = (f"{stable} held p>={self.cfg.threshold} for {self.cfg.k} bars "
                      f"(p={probs[stable]:.2f}; {parts})")
             transition = Transition(self.market, "fused", open_time, before, stable,
                                     probs[stable], self.strategy, strategy, cause[:255])

@@ -251,7 +251,7 @@ def fit(req: TrainRequest) -> FitResult:
         return _fit(req, GaussianHMM)
 
 
-def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # noqa: N803 - the class
+def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # the class
     x = np.array([[math.nan if v is None else v for v in o] for o in req.obs], dtype=np.float64)
     if x.ndim != 2 or len(x) < MIN_OBS:
         return FitResult(req, False, f"too few observations ({len(x)})")
@@ -318,7 +318,7 @@ def _state_vol(means: F, covars: F, inputs: Sequence[str]) -> F:
     return np.sqrt(covars[:, 0, 0])
 
 
-def _em(GaussianHMM: Any, z: F, req: TrainRequest, jitter: F) -> Any:  # noqa: N803
+def _em(GaussianHMM: Any, z: F, req: TrainRequest, jitter: F) -> Any:
     """One MAP EM run from the prior (moved by ``jitter``) in two stages: the emissions with the
     transitions fixed by ``stay_bars`` (so the states are regimes, not bar-to-bar noise), then
     the transitions with the emissions fixed, shrunk towards ``stay_bars`` by Dirichlet counts of

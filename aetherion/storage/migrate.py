@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -38,9 +38,25 @@ def _upgrade(conn: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+MIGRATION_LOCK_S = 120  # how long an instance waits for another's migration (MySQL)
+
+
 async def upgrade_engine(engine: AsyncEngine) -> None:
+    """Migrate; on MySQL/MariaDB under a named lock, so that instances of a cluster starting at
+    once against a new database do not race to create the same tables."""
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        if engine.dialect.name != "mysql":
+            await conn.run_sync(_upgrade)
+            return
+        got = (await conn.execute(text("SELECT GET_LOCK('aetherion_migrate', :s)"),
+                                  {"s": MIGRATION_LOCK_S})).scalar()
+        if got != 1:
+            raise TimeoutError(f"another instance held the migration lock for "
+                               f"{MIGRATION_LOCK_S} s")
+        try:
+            await conn.run_sync(_upgrade)
+        finally:
+            await conn.execute(text("SELECT RELEASE_LOCK('aetherion_migrate')"))
 
 
 async def upgrade(url: str) -> None:

@@ -31,6 +31,7 @@ import msgspec
 import structlog
 
 from aetherion.config import Settings
+from aetherion.decision.model import Decision
 from aetherion.domain import (
     Bar,
     BookSnapshot,
@@ -40,6 +41,7 @@ from aetherion.domain import (
     Tick,
     Transition,
 )
+from aetherion.storage.decisions import write_decisions
 from aetherion.storage.market import MarketStore
 from aetherion.storage.state import StateStore
 
@@ -71,11 +73,16 @@ def market_kinds(store: MarketStore) -> dict[str, tuple[type[Any], Write]]:
 
 
 def state_kinds(state: StateStore) -> dict[str, tuple[type[Any], Write]]:
-    """What the state store takes through a writer (decisions are added by their stage)."""
+    """What the state store takes through a writer. Decisions travel as dicts (their
+    pydantic model's dump), so the journal keeps them as plain JSON."""
+    async def decisions(rows: list[dict[str, Any]]) -> None:
+        await write_decisions(state.engine, [Decision.model_validate(r) for r in rows])
+
     return {
         "models": (ModelVersion, state.write_models),
         "regimes": (RegimeUpdate, state.write_regimes),
         "transitions": (Transition, state.write_transitions),
+        "decisions": (dict, decisions),
     }
 
 
@@ -182,6 +189,18 @@ class BufferedWriter:
                 async with asyncio.timeout(min(left, 0.1)):
                     await self._unspooled.wait()
         return not self._files
+
+    async def flushed(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until nothing waits in memory or is being written;
+        False when rows are still waiting (the store is slow or down)."""
+        end = time.monotonic() + timeout_s
+        self._wake.set()
+        while self.in_memory or self._inflight is not None:
+            if self.failing or time.monotonic() >= end:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return True
 
     async def close(self, grace_s: float = 15.0) -> None:
         """Write everything that is waiting, then stop. What the store has not taken after
@@ -305,7 +324,7 @@ class BufferedWriter:
             return False
         try:
             await asyncio.wait_for(self.ping(), PING_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - any failure means the store is not answering
+        except Exception:  # any failure means the store is not answering
             return False
         return True
 
