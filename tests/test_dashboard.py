@@ -23,8 +23,7 @@ import test_e2e
 from playwright.sync_api import Browser, BrowserContext, Page
 from test_e2e import server
 
-from aetherion.api.performance import _report
-from aetherion.report import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS
+from aetherion.report import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS, performance
 
 pytestmark = pytest.mark.e2e
 
@@ -189,8 +188,8 @@ def check_pnl_is_the_reports(base: str, m: str) -> None:
         held = exposure.get(b["open_time"], held)
         rows.append({**b, "exposure": held})
     assert len(rows) == got["bars"] >= 2
-    expected = _report(rows, DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS)  # the report's, or its
-    for book in ("decisions", "buy_and_hold"):  # figures over no span when a CAGR overflows
+    expected = performance(rows, DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS)  # the report's own
+    for book in ("decisions", "buy_and_hold"):
         assert got["performance"][book] == pytest.approx(expected[book]), book
 
 
