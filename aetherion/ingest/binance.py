@@ -275,9 +275,13 @@ class BinanceConnector(StreamConnector):
     # checkpoint --------------------------------------------------------------------------------
 
     def position(self) -> Position | None:
+        # ``last_ts`` (as ccxt's checkpoint has it): a new owner or a restart warms up to that
+        # trade's bar and rebuilds the bar left open from the stored trades up to it
+        # (``pipeline/startup.py``), so the backfilled trades complete it, not replace it.
         tick = self.processed_tick
-        tid = tick.trade_id if tick is not None else None
-        return {"last_trade_id": int(tid)} if tid and tid.isdigit() else None
+        if tick is None or not (tick.trade_id and tick.trade_id.isdigit()):
+            return None
+        return {"last_trade_id": int(tick.trade_id), "last_ts": tick.ts}
 
     def restore(self, state: Position) -> None:
         last = state.get("last_trade_id")

@@ -11,6 +11,7 @@ import structlog
 from aetherion.config import Settings
 from aetherion.domain import Bar, timeframe_ms
 from aetherion.ingest.base import Resumable
+from aetherion.ingest.live import LiveConnector
 from aetherion.pipeline.live import LiveMarket
 from aetherion.storage.decisions import load_policy_state
 from aetherion.storage.market import MarketStore
@@ -81,6 +82,59 @@ async def _resume_open_bars(live: LiveMarket, store: MarketStore, finest: Sequen
     return len(ticks)
 
 
+async def _trade_checkpoint(live: LiveMarket, state: StateStore, store: MarketStore,
+                            now: int) -> tuple[int, int] | None:
+    """(last trade id, its time) of a connector that resumes by consecutive trade ids from its
+    checkpoint (Binance, ccxt) and backfills what came after, when that checkpoint is recent
+    (within one interval of the coarsest timeframe); else ``None``.
+
+    The checkpoint is saved apart from the trades (the state store, at most every second;
+    the trades through the market writer, every 250 ms), so after a kill -9 either may be
+    ahead. Stored trades past the checkpoint are fetched again (stored once, by their key);
+    a checkpoint past the newest stored trade is moved back to it (and saved so), so the
+    trades the dead process took but never wrote are fetched again, not lost."""
+    conn = live.connector
+    if not isinstance(conn, LiveConnector) or conn.checkpointer.store is None:
+        return None
+    key = conn.checkpointer.key
+    try:
+        saved = await state.get_state(key) or {}
+        tid, ts = saved.get("last_trade_id"), saved.get("last_ts")
+        if not (isinstance(tid, int) and isinstance(ts, int)):
+            return None
+        if now - ts > timeframe_ms(live.pipeline.candles.timeframes[-1]):
+            return None  # long gone: warm up to now as on a first start
+        newest = await store.ticks(live.market.id, 1)
+        nid = newest[0].trade_id if newest else None
+        if nid and nid.isdigit() and int(nid) < tid and newest[0].ts >= ts - \
+                timeframe_ms(live.pipeline.candles.timeframes[-1]):
+            log.warning("checkpoint past the newest stored trade: moved back to it",
+                        market=live.market.id, checkpoint=tid, stored=int(nid))
+            tid, ts = int(nid), newest[0].ts
+            await state.set_state(key, {**saved, "last_trade_id": tid, "last_ts": ts,
+                                        "saved_ms": now})
+    except Exception as e:  # a store that is down: warm up as on a first start
+        log.warning("checkpoint unavailable for the warm-up", market=live.market.id,
+                    error=str(e) or type(e).__name__)
+        return None
+    return tid, ts
+
+
+async def _resume_to_checkpoint(live: LiveMarket, store: MarketStore, finest: Sequence[Bar],
+                                checkpoint: tuple[int, int]) -> int:
+    """The stored trades after the last warm-up bar up to the checkpointed one: the bars the
+    last owner left open are rebuilt as it had them, and the connector's backfill (from the
+    checkpoint on) completes them. Returns how many trades were fed."""
+    tid, ts = checkpoint
+    coarsest = timeframe_ms(live.pipeline.candles.timeframes[-1])
+    since = finest[-1].close_time if finest else ts - ts % coarsest
+    ticks = await store.ticks(live.market.id, RESUME_TICKS, since=since)
+    ticks.reverse()  # oldest first, in stored order
+    mine = [t for t in ticks if t.trade_id and t.trade_id.isdigit() and int(t.trade_id) <= tid]
+    live.pipeline.resume_ticks(mine)
+    return len(mine)
+
+
 async def warm(live: LiveMarket, settings: Settings, state: StateStore,
                store: MarketStore) -> None:
     """Warm each timeframe up with recent history: the venue's (complete, authoritative)
@@ -93,8 +147,12 @@ async def warm(live: LiveMarket, settings: Settings, state: StateStore,
     # A connector that makes its prices up has no history of its own beyond what it stored:
     # its made-up bars would stand in for the real ones of the last run.
     made_up = isinstance(live.connector, Resumable)
+    # A connector resuming from a trade checkpoint (a restart, a cluster takeover) backfills
+    # the trades since: its history ends at that trade's bar, the rest is rebuilt from trades.
+    checkpoint = None if made_up else await _trade_checkpoint(live, state, store, now)
+    upto = now if checkpoint is None else min(now, checkpoint[1])
     for tf in tfs if n else ():
-        end = now - now % timeframe_ms(tf)
+        end = upto - upto % timeframe_ms(tf)
         if not made_up:
             try:
                 history[tf] = await live.connector.history(tf, n, end)
@@ -107,8 +165,11 @@ async def warm(live: LiveMarket, settings: Settings, state: StateStore,
         if made_up and not history.get(tf):  # a first start: nothing stored yet
             history[tf] = await live.connector.history(tf, n, end)
     live.pipeline.warm(history)
-    resumed = await _resume_open_bars(live, store, history.get(tfs[0], ()), now) \
-        if made_up else 0
+    resumed = 0
+    if made_up:
+        resumed = await _resume_open_bars(live, store, history.get(tfs[0], ()), now)
+    elif checkpoint is not None:
+        resumed = await _resume_to_checkpoint(live, store, history.get(tfs[0], ()), checkpoint)
     log.info("warmed up from history", market=live.market.id,
              bars={tf: len(b) for tf, b in history.items()}, resumed_ticks=resumed)
     key = f"runs:{live.market.id}"

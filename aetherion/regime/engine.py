@@ -2,8 +2,10 @@
 
 Synchronous and free of I/O: live and replay drive it the same way. Training is asked for
 (``training_due``) and handed back (``install``) so the caller decides where it runs (a worker
-process live, inline in a replay); a model takes effect from the first bar whose open time is at or
-after its ``effective_from``, so what the engine says at bar t depends only on bars up to t.
+process live, inline in a replay); a model takes effect from the first bar of its timeframe that
+closes after its ``effective_from`` (the event time it arrived at): a bar still open then is
+filtered with it, a bar already closed is not. What the engine says at bar t depends only on bars
+up to t, the model having been fitted on bars before.
 """
 
 from __future__ import annotations
@@ -88,9 +90,11 @@ class _Track:
     last_open: int | None = None  # open time of the newest bar fed
     retry_at: int = 0  # after a rejected first fit, try again once ``valid`` reaches this
     prefilter: tuple[int | None, Any] | None = None  # (last_open then, pending's log alpha)
+    ms: int = field(init=False)  # the timeframe's length
 
     def __post_init__(self) -> None:
         self.history = deque(maxlen=self.window)
+        self.ms = TIMEFRAME_MS[self.timeframe]
 
 
 class RegimeEngine:
@@ -115,7 +119,7 @@ class RegimeEngine:
         """One closed bar's features; the timeframe's filtered regime (None without a model or
         while its inputs warm up). ``schedule`` False (history warm-up) asks for no training."""
         t = self.tracks[f.timeframe]
-        if t.pending is not None and f.open_time >= t.pending[1]:
+        if t.pending is not None and f.open_time + t.ms > t.pending[1]:
             self._activate(t, *t.pending)
         x = observation(f, ALL_INPUTS)  # None without a usable return
         t.history.append((f.open_time, x or (None,) * len(ALL_INPUTS)))
@@ -199,8 +203,8 @@ class RegimeEngine:
         if result.ok:
             model = RegimeModel(result.params)
             t.pending = (model, effective_from, version)
-            nxt = None if t.last_open is None else t.last_open + TIMEFRAME_MS[t.timeframe]
-            if t.model is None and (nxt is None or nxt >= effective_from):
+            nxt = None if t.last_open is None else t.last_open + t.ms
+            if t.model is None and (nxt is None or nxt + t.ms > effective_from):
                 # The next bar of this timeframe is the first it applies to: taking over now
                 # changes no output, and the regime is known at once instead of at that bar.
                 self._activate(t, *t.pending)
