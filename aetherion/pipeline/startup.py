@@ -102,12 +102,13 @@ async def _trade_checkpoint(live: LiveMarket, state: StateStore, store: MarketSt
         tid, ts = saved.get("last_trade_id"), saved.get("last_ts")
         if not (isinstance(tid, int) and isinstance(ts, int)):
             return None
-        if now - ts > timeframe_ms(live.pipeline.candles.timeframes[-1]):
+        horizon = timeframe_ms(live.pipeline.candles.timeframes[-1])
+        if now - ts > horizon:
             return None  # long gone: warm up to now as on a first start
         newest = await store.ticks(live.market.id, 1)
         nid = newest[0].trade_id if newest else None
-        if nid and nid.isdigit() and int(nid) < tid and newest[0].ts >= ts - \
-                timeframe_ms(live.pipeline.candles.timeframes[-1]):
+        # Moved back only to a recent stored trade (not, say, one left by a purge).
+        if nid and nid.isdigit() and int(nid) < tid and newest[0].ts >= ts - horizon:
             log.warning("checkpoint past the newest stored trade: moved back to it",
                         market=live.market.id, checkpoint=tid, stored=int(nid))
             tid, ts = int(nid), newest[0].ts
