@@ -24,6 +24,7 @@ from conftest import free_port
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_e2e import collect
+from websockets.asyncio.client import connect
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]
 
@@ -109,6 +110,17 @@ def cluster(mysql_url: str, tmp_path: Path) -> Iterator[tuple[list[Instance], st
         assert all(c == 0 for c in codes), [i.log.read_text()[-2000:] for i in instances]
 
 
+async def follow_one(base: str, market: str) -> tuple[list[str], set[str]]:
+    """What the instance subscribes to while one client follows ``market``, and the kinds
+    of message that client gets."""
+    url = base.replace("http", "ws") + f"/ws/market?markets={market}"
+    async with connect(url) as ws, httpx.AsyncClient() as http:
+        await asyncio.sleep(1.0)
+        following = (await http.get(f"{base}/api/cluster")).json()["following"]
+        kinds = {json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] for _ in range(8)}
+    return following, kinds
+
+
 async def duplicates(sql_url: str) -> tuple[int, int, int]:
     """(ticks, ticks stored twice, decisions stored twice for a bar)."""
     engine = create_async_engine(sql_url)
@@ -133,6 +145,16 @@ def test_three_instances_share_six_markets_and_survive_a_kill(
     owners = wait_settled(instances, 60)
     load = Counter(owners.values())
     assert len(load) >= 2, owners  # spread, by rendezvous hashing over the live instances
+
+    first = instances[0]
+    cl = httpx.get(f"{first.base}/api/cluster", timeout=2).json()
+    assert cl["following"] == []  # no client yet: no market's every event comes here
+    foreign = next(m for m, o in owners.items() if o != first.name)
+    snap = httpx.get(f"{first.base}/api/market/snapshot/{foreign}", timeout=2).json()
+    assert snap["price"] is not None and snap["bars"]["1s"] is not None  # from the status
+
+    following, kinds = asyncio.run(follow_one(first.base, foreign))
+    assert following == [foreign] and kinds & {"tick", "ticks"}  # subscribed on demand
 
     for inst in instances:  # any instance streams every market, whoever owns it
         msgs = asyncio.run(collect(inst.base, "", 3.0))

@@ -73,6 +73,15 @@ class Hub:
     def client_count(self) -> int:
         return len(self._clients)
 
+    def wanted(self) -> frozenset[str] | None:
+        """The markets some client follows; ``None`` when one follows every market."""
+        out: set[str] = set()
+        for c in self._clients:
+            if c.markets is None:
+                return None
+            out |= c.markets
+        return frozenset(out)
+
     def publish(self, market: str, text: str) -> None:
         """Send ``text`` to every client following ``market``; drop the ones that lag."""
         for c in self._clients:

@@ -66,6 +66,16 @@ class Streams(NullSink):
                             "dropped": h.dropped_clients} for name, h in self.hubs.items()},
         }
 
+    def wanted(self) -> frozenset[str] | None:
+        """The markets the clients of any stream follow (``None``: every market)."""
+        out: set[str] = set()
+        for hub in self.hubs.values():
+            w = hub.wanted()
+            if w is None:
+                return None
+            out |= w
+        return frozenset(out)
+
     def relay(self, kind: str, market: str, text: str) -> None:
         """An event already encoded (from the cluster's bus) to the clients of its stream."""
         stream = STREAM_OF.get(kind)

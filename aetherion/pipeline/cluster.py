@@ -74,6 +74,7 @@ BOOK_LEVELS = 20
 TICKS_PER_MESSAGE = 500
 PUBLISH_QUEUE = 100_000  # events waiting for the bus; past it the oldest are dropped (counted)
 PUBLISH_BATCH = 256  # publishes in flight at once
+FOLLOW_S = 0.2  # how often the subscriptions are matched to what the clients follow
 
 
 class BusSink(NullSink):
@@ -120,11 +121,19 @@ class BusSink(NullSink):
     def decision(self, market: MarketConfig, d: Decision) -> None:
         self._put(market.id, "decision", d.model_dump(mode="json"), decision_msg_id(d))
 
-    def status(self, market: str, status: dict[str, Any], owner: str) -> None:
-        """The owner's connector status, for the other instances' status pages."""
+    def status(self, view: MarketView, owner: str) -> None:
+        """The owner's connector status and the market's latest values, for the other
+        instances' status pages and snapshots (those that do not follow every event)."""
         now = time.time_ns() // 1_000_000
-        self._put(market, "status", {"status": status, "owner": owner},
-                  f"status:{market}:{owner}:{now}")
+        mid = view.market.id
+        snap = {
+            "tick": {"market": mid, **tick_json(view.last_tick)} if view.last_tick else None,
+            "book": book_json(view.book, BOOK_LEVELS) if view.book else None,
+            "bars": [bar_json(b) for b in view.bars.values() if b is not None],
+            "fused": regime_json(view.fused) if view.fused else None,
+        }
+        self._put(mid, "status", {"status": view.status, "owner": owner, "snapshot": snap},
+                  f"status:{mid}:{owner}:{now}")
 
     async def run(self) -> None:
         """Publish what is queued, up to ``PUBLISH_BATCH`` at once, in order."""
@@ -178,8 +187,21 @@ class Mirror:
         elif kind == "regime" and msg["timeframe"] == "fused":
             self.fused = regime_of(msg)
         elif kind == "status":
-            self.status, self.owner = msg["status"], msg["owner"]
-            self.status_at = time.monotonic()
+            self._status(msg)
+
+    def _status(self, msg: dict[str, Any]) -> None:
+        """The owner's status, and the latest values it carries (as the events would set)."""
+        self.status, self.owner = msg["status"], msg["owner"]
+        self.status_at = time.monotonic()
+        snap = msg.get("snapshot") or {}
+        if snap.get("tick"):
+            self.last_tick = tick_of(snap["tick"])
+        if snap.get("book"):
+            self.book = book_of(snap["book"])
+        for b in snap.get("bars", ()):
+            self.on_event("bar", b)
+        if snap.get("fused"):
+            self.fused = regime_of(snap["fused"])
 
     def view(self, stale_s: float) -> MarketView:
         """As the owner last said; an owner silent for ``stale_s`` (dead, cut off) shows its
@@ -204,7 +226,8 @@ class ClusterNode:
                         for m in runtime.settings.markets}
         self.rounds = 0
         self._nc: Client | None = None
-        self._sub: BusSubscription | None = None
+        self._status_sub: BusSubscription | None = None  # every market's status: mirrors
+        self._subs: dict[str, BusSubscription] = {}  # every event of the markets followed
         self._tasks: list[asyncio.Task[None]] = []
         self.leases_mgr: LeaseManager
         self.membership: Membership
@@ -239,12 +262,32 @@ class ClusterNode:
 
     async def start(self) -> None:
         """Follow every market's events, publish ours, and start the rounds."""
-        self._sub = await self.bus.subscribe(None, None, self._on_event)
+        self._status_sub = await self.bus.subscribe(None, ["status"], self._on_event)
         self._tasks = [asyncio.create_task(self.bus_sink.run(), name="cluster:publish"),
                        asyncio.create_task(self._renewals(), name="cluster:renew"),
+                       asyncio.create_task(self._following(), name="cluster:follow"),
                        asyncio.create_task(self._rounds(), name="cluster:rounds")]
         log.info("joined the cluster", instance=self.id,
                  nats=self.cfg.nats_url.split("@")[-1])
+
+    async def _following(self) -> None:
+        """Subscribe to every event of the markets this instance's clients follow (and only
+        those): a client that arrives gets them within ``FOLLOW_S``. The other markets' latest
+        values come with their owners' status, once a round."""
+        while True:
+            try:
+                await self.follow()
+            except Exception as e:  # NATS unreachable for a while: tried again
+                log.warning("cluster subscriptions not updated", error=str(e) or type(e).__name__)
+            await asyncio.sleep(FOLLOW_S)
+
+    async def follow(self) -> None:
+        wanted = self.runtime.publisher.wanted()
+        markets = set(self.mirrors) if wanted is None else set(self.mirrors) & wanted
+        for mid in sorted(markets - set(self._subs)):
+            self._subs[mid] = await self.bus.subscribe([mid], None, self._on_event)
+        for mid in sorted(set(self._subs) - markets):
+            await self._subs.pop(mid).unsubscribe()
 
     def _on_event(self, ev: BusEvent) -> None:
         mirror = self.mirrors.get(ev.market)
@@ -321,8 +364,8 @@ class ClusterNode:
                 continue
             self.owners[mid] = (self.id, 0.0)
             log.info("market taken", market=mid, token=lease.token)
-        for mid, live in rt.markets.items():
-            self.bus_sink.status(mid, live.connector.stats.as_dict(), self.id)
+        for live in rt.markets.values():
+            self.bus_sink.status(live.view(), self.id)
         self.rounds += 1
 
     async def _release(self, mid: str) -> None:
@@ -343,9 +386,10 @@ class ClusterNode:
         renewed meanwhile), what they published flushed, then off the bus."""
         if not self._tasks:
             return
-        publish, renewals, rounds = self._tasks
-        rounds.cancel()
-        await asyncio.gather(rounds, return_exceptions=True)
+        publish, renewals, following, rounds = self._tasks
+        for t in (rounds, following):
+            t.cancel()
+        await asyncio.gather(rounds, following, return_exceptions=True)
         for mid in list(self.leases):
             try:
                 await self._release(mid)
@@ -360,16 +404,17 @@ class ClusterNode:
                 await self.bus_sink.queue.join()
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in [*self._subs.values(), self._status_sub]:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
 
     def status(self) -> dict[str, Any]:
         return {"mode": "cluster", "instance": self.id, "rounds": self.rounds,
-                "members": self.members,
+                "members": self.members, "following": sorted(self._subs),
                 "owners": {m: {"owner": o, "lease_age_s": round(a, 3)}
                            for m, (o, a) in sorted(self.owners.items())},
                 "bus": {"published": self.bus_sink.published,

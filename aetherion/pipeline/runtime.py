@@ -51,10 +51,15 @@ class Publisher(Sink, Protocol):
 
     def relay(self, kind: str, market: str, text: str) -> None: ...
 
+    def wanted(self) -> frozenset[str] | None: ...  # markets clients follow; None: all
+
 
 class _Quiet(NullSink):
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def wanted(self) -> frozenset[str] | None:
+        return frozenset()
 
     def relay(self, kind: str, market: str, text: str) -> None:
         pass
