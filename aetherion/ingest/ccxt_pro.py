@@ -263,8 +263,11 @@ class CcxtConnector(LiveConnector):
     async def _on_trades(self, trades: list[dict[str, Any]], recv_ns: int) -> None:
         ticks = [tk for t in trades if (tk := self._tick(t, recv_ns)) is not None]
         if self.consecutive and ticks and self.last_id is not None:
-            first = self._int_id(ticks[0])
-            if first is not None and first > self.last_id + 1:
+            # Any hole among the new ids, not just before the batch's first trade: a batch can
+            # begin with trades already put out (ccxt's cache) and skip some after them.
+            new = sorted(n for t in ticks if (n := self._int_id(t)) is not None
+                         and n > self.last_id)
+            if new and (new[0] > self.last_id + 1 or new[-1] - new[0] + 1 > len(set(new))):
                 await self._backfill()
         await self._emit_fresh(ticks)
 
