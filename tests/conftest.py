@@ -8,6 +8,7 @@
 - ``sql_url``: each SQL backend in turn (embedded SQLite, then MySQL).
 - ``own_nx``: an ``nx-27017`` server of the test's own, which the test may stop and start again.
 - ``store``: each market store in turn (SQL on SQLite, SQL on MySQL, MongoDB).
+- ``nc``: a client of the NATS server (``AETHERION_TEST_NATS_URL``) the cluster tests use.
 - ``TcpProxy``: a loopback TCP relay in front of a real server; ``stop()`` makes the server
   unreachable (refused connections, live ones cut), ``start()`` brings it back on the same port.
 """
@@ -285,3 +286,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     state = await StateStore.open(url)
     yield SqlMarketStore(state.engine)
     await state.close()
+
+
+NATS_URL = os.environ.get("AETHERION_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+async def nc() -> AsyncIterator[Any]:
+    """A client of the NATS server (JetStream) the cluster tests run against; none: fail."""
+    from aetherion.cluster import NatsUnavailable, connect
+
+    try:
+        client = await connect(NATS_URL, "aetherion-tests", timeout_s=3)
+    except NatsUnavailable as e:
+        pytest.fail(f"the cluster tests need NATS with JetStream at {NATS_URL}: {e}")
+    yield client
+    await client.close()

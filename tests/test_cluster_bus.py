@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy
 
-from aetherion.cluster import Bus, BusEvent, NatsUnavailable, connect
+from aetherion.cluster import Bus, BusEvent
 from aetherion.cluster.keys import (
     bar_msg_id,
     decision_msg_id,
@@ -31,16 +31,6 @@ from aetherion.payloads import bar_json, encode
 
 NATS_URL = os.environ.get("AETHERION_TEST_NATS_URL", "nats://127.0.0.1:4222")
 ODD_MARKETS = ["btc.usdt", "a*b", "x>y", "with space", "ünïcødé", "=", "a=3D", "tab\tand/slash"]
-
-
-@pytest.fixture
-async def nc() -> AsyncIterator[Client]:
-    try:
-        client = await connect(NATS_URL, "aetherion-tests", timeout_s=3)
-    except NatsUnavailable as e:
-        pytest.fail(f"the cluster tests need NATS with JetStream at {NATS_URL}: {e}")
-    yield client
-    await client.close()
 
 
 @pytest.fixture

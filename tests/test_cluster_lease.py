@@ -15,19 +15,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from aetherion.cluster import LeaseManager, NatsUnavailable, connect
+from aetherion.cluster import LeaseManager
 
 NATS_URL = os.environ.get("AETHERION_TEST_NATS_URL", "nats://127.0.0.1:4222")
-
-
-@pytest.fixture
-async def nc() -> AsyncIterator[Client]:
-    try:
-        client = await connect(NATS_URL, "aetherion-tests", timeout_s=3)
-    except NatsUnavailable as e:
-        pytest.fail(f"the cluster tests need NATS with JetStream at {NATS_URL}: {e}")
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -18,16 +18,6 @@ NATS_URL = os.environ.get("AETHERION_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
 @pytest.fixture
-async def nc() -> AsyncIterator[Client]:
-    try:
-        client = await connect(NATS_URL, "aetherion-tests", timeout_s=3)
-    except NatsUnavailable as e:
-        pytest.fail(f"the cluster tests need NATS with JetStream at {NATS_URL}: {e}")
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def bucket(nc: Client) -> AsyncIterator[str]:
     name = f"t_members_{uuid.uuid4().hex[:12]}"
     yield name

@@ -6,34 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from datadir import DATA
 
 from aetherion.domain import Bar
 from aetherion.features import MOMENTUM, REGIME_INPUTS, FeatureEngine
-from aetherion.storage.market import MarketStore, MongoMarketStore, SqlMarketStore
-from aetherion.storage.state import StateStore
+from aetherion.storage.market import MarketStore
 
 SPY = DATA / "us_equities" / "daily_spy.zip"
-
-
-@pytest.fixture(params=["sqlite", "mysql", "mongo"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MarketStore]:
-    if request.param == "mongo":
-        mongo = await MongoMarketStore.open(request.getfixturevalue("mongo_url"),
-                                            request.getfixturevalue("mongo_db"))
-        yield mongo
-        await mongo.client.drop_database(mongo.db.name)
-        await mongo.close()
-        return
-    url = (f"sqlite+aiosqlite:///{tmp_path}/m.db" if request.param == "sqlite"
-           else request.getfixturevalue("mysql_url"))
-    state = await StateStore.open(url)
-    yield SqlMarketStore(state.engine)
-    await state.close()
 
 
 def spy_bars(n: int) -> list[Bar]:
