@@ -482,7 +482,7 @@ def walk(rng: random.Random, close: float, vol: float, n: int) -> list[float]:
 
 def test_default_holds_long_sizes_down_when_volatility_rises_and_is_flat_in_crisis() -> None:
     rng = random.Random(3)
-    f = sized_feed()
+    f = sized_feed(trend_filter=False)  # sizing alone (the trend filter: the next test)
     calm = walk(rng, 100.0, 0.01, 300)
     ds = [f.step(c, "bull") for c in calm]
     assert ds[0].action == "BUY" and ds[0].rule == "trend_long.hold" and ds[0].exposure == 1.0
@@ -501,6 +501,41 @@ def test_default_holds_long_sizes_down_when_volatility_rises_and_is_flat_in_cris
     assert "volatility" in d.inputs and "long_run_volatility" in d.inputs
 
 
+def test_the_trend_filter_holds_no_long_against_a_long_run_downtrend() -> None:
+    """Long only while the close is above its 20-bar mean or its close 30 bars ago; below both
+    the long goes flat at once (an exit: no gate), and comes back once either says up, through
+    the gates. Before 31 closes the filter cannot read the trend and holds nothing back."""
+    f = Feed(rules="hold", allow_short=False, trend_filter=True, trend_ma_bars=20,
+             trend_momentum_bars=30, cooldown_bars=3)
+    ds = [f.step(100.0 - i * 0.5) for i in range(31)]  # falling, but too few closes to tell
+    assert ds[0].action == "BUY" and all(d.position_after == "long" for d in ds[:30])
+    d = ds[30]  # the 31st close: below its mean and below the close 30 bars ago
+    assert (d.action, d.position_after, d.rule) == ("SELL", "flat", "trend_long.against_trend")
+    assert "20-bar mean" in (d.reason or "") and d.inputs["trend_close_ago"] == 100.0
+    assert d.inputs["trend_mean"] == pytest.approx(sum(100.0 - i * 0.5 for i in range(11, 31))
+                                                   / 20)
+    ds = [f.step(c) for c in (84.0, 84.5, 85.0, 85.5, 86.0, 95.0)]
+    assert all(x.position_after == "flat" for x in ds[:5])  # below both: stays out
+    assert (ds[5].action, ds[5].rule) == ("BUY", "trend_long.hold")  # above its mean again
+    assert ds[5].inputs["trend_mean"] < 95.0
+    d = f.step(80.0, "crisis", strategy="risk_off")
+    assert (d.action, d.rule) == ("SELL", "crisis.exit")
+    d = f.step(80.0)  # against the trend now, and in the cooldown: stays out, not suppressed
+    assert d.position_after == "flat" and d.rule == "trend_long.against_trend"
+    assert not d.suppressed
+
+
+def test_the_trend_filter_mirrors_shorts_and_can_be_turned_off() -> None:
+    rising = [100.0 + i for i in range(40)]
+    f = Feed(rules="hold", allow_short=True, trend_ma_bars=20, trend_momentum_bars=30)
+    ds = [f.step(c, "bear") for c in rising]
+    assert ds[0].position_after == "short" and ds[-1].position_after == "flat"
+    assert ds[-1].rule == "trend_short.against_trend"
+    off = Feed(rules="hold", allow_short=True, trend_filter=False, trend_ma_bars=20,
+               trend_momentum_bars=30)
+    assert all(off.step(c, "bear").position_after == "short" for c in rising)
+
+
 def test_a_larger_size_is_gated_like_an_opening_a_smaller_one_never() -> None:
     rng = random.Random(5)
     f = sized_feed(min_confidence=0.7)
@@ -516,3 +551,17 @@ def test_a_larger_size_is_gated_like_an_opening_a_smaller_one_never() -> None:
     assert "no resize" in (d.reason or "") and "confidence" in (d.reason or "")
     d = f.step(d.price, "bull", conf=0.9)
     assert d.action == "BUY" and d.exposure > small
+
+
+def test_default_settings_on_spy_daily_beat_holding_and_the_moving_average() -> None:
+    """The shipped index through ``aetherion replay`` with every default: a higher Sharpe and
+    a smaller drawdown than buy-and-hold and the 200-day filter, with few changes a year (the
+    figures of docs/decision.md; the other series are in bench/validate.py)."""
+    from aetherion.replay import load, replay
+    from aetherion.report import performance
+
+    p = performance(replay(load(DATA / "us_equities" / "daily_spy.zip"), Settings(), "spy").rows)
+    d, hold, ma = p["decisions"], p["buy_and_hold"], p["ma_filter"]
+    assert d["sharpe"] > max(1.4 * hold["sharpe"], ma["sharpe"]), (d, hold, ma)
+    assert d["max_drawdown"] < min(0.45 * hold["max_drawdown"], ma["max_drawdown"]), (d, hold)
+    assert d["changes_per_year"] <= 10

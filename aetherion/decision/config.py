@@ -45,6 +45,13 @@ class DecisionConfig(BaseModel):
     size_step: float = Field(default=0.25, gt=0.0, le=1.0, description="exposure steps")
     min_change: float = Field(default=0.5, ge=0.0, le=2.0, description=(
         "smallest resize of a held position (entries and exits always go)"))
+    trend_filter: bool = Field(default=True, description=(
+        "hold a position only with the long-run trend: no long while the close is below both "
+        "its trend_ma_bars mean and its close trend_momentum_bars ago (shorts mirrored)"))
+    trend_ma_bars: int = Field(default=200, ge=2, le=100_000,
+                               description="trend filter: the moving average's closes")
+    trend_momentum_bars: int = Field(default=252, ge=1, le=100_000,
+                                     description="trend filter: the momentum's lookback")
     momentum_bars: int = Field(default=20, ge=1, le=10_000,
                                description="trend: momentum = close_t - close_{t-N}")
     trend_entry_atr: float = Field(default=1.5, gt=0.0, le=1000.0)

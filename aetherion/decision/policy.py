@@ -103,6 +103,26 @@ class _Sizer:
         return max(step, min(1.0, round(raw / step) * step))
 
 
+class _Trend:
+    """The long-run trend from closes: +1 when the close is above its ``ma``-close mean or
+    above the close ``mom`` bars ago, -1 when it is below both, 0 until both can be read."""
+
+    def __init__(self, ma: int, mom: int) -> None:
+        self.closes: deque[float] = deque(maxlen=max(ma, mom + 1))
+        self.ma, self.mom = ma, mom
+
+    def update(self, close: float) -> None:
+        self.closes.append(close)
+
+    def read(self) -> tuple[int, Inputs]:
+        c = self.closes
+        if len(c) < self.ma or len(c) < self.mom + 1:
+            return 0, {}
+        close, mean, ago = c[-1], math.fsum(list(c)[-self.ma:]) / self.ma, c[-self.mom - 1]
+        up, down = close > mean or close > ago, close < mean and close < ago
+        return (1 if up else -1 if down else 0), {"trend_mean": mean, "trend_close_ago": ago}
+
+
 class DecisionPolicy:
     """The policy of one market on its deciding timeframe (``cfg.timeframe``, resolved)."""
 
@@ -122,6 +142,7 @@ class DecisionPolicy:
         self._means: deque[float] = deque(maxlen=cfg.mean_bars)
         self._window_time: int | None = None
         self._sizer = _Sizer(cfg.vol_bars, cfg.vol_halflife_bars)
+        self._long_run = _Trend(cfg.trend_ma_bars, cfg.trend_momentum_bars)
         self.rejected = 0  # bars with an unusable close (counted, logged, skipped)
 
     def state(self) -> PolicyState:
@@ -145,6 +166,7 @@ class DecisionPolicy:
         self._closes.append(bar.close)
         self._means.append(bar.close)
         self._sizer.update(bar.close)
+        self._long_run.update(bar.close)
         self._window_time = bar.open_time
 
     def on_bar(self, bar: Bar, features: Features, fused: RegimeUpdate) -> Decision | None:
@@ -167,9 +189,25 @@ class DecisionPolicy:
         self.observe(bar)
         if self.bars_since_action is not None:
             self.bars_since_action += 1
-        return self._decide(bar, features, fused, self._signal(bar.close, features.atr, fused))
+        sig = self._signal(bar.close, features.atr, fused)
+        if self.cfg.trend_filter and sig.target:
+            sig = self._with_trend(sig)
+        return self._decide(bar, features, fused, sig)
 
     # signal ---------------------------------------------------------------------------------
+
+    def _with_trend(self, sig: _Signal) -> _Signal:
+        """A long against a long-run downtrend (a short against an uptrend) becomes flat."""
+        trend, inputs = self._long_run.read()
+        inputs = {**sig.inputs, **inputs, "trend_ma_bars": self.cfg.trend_ma_bars,
+                  "trend_momentum_bars": self.cfg.trend_momentum_bars} if inputs else sig.inputs
+        if sig.target is None or trend * sig.target >= 0:
+            return _Signal(sig.target, sig.rule, sig.why, inputs)
+        side, where = ("long", "below") if sig.target > 0 else ("short", "above")
+        why = (f"{sig.why}, but the long-run trend is against a {side}: close {where} its "
+               f"{self.cfg.trend_ma_bars}-bar mean {inputs['trend_mean']:.6g} and its close "
+               f"{self.cfg.trend_momentum_bars} bars ago {inputs['trend_close_ago']:.6g}: flat")
+        return _Signal(0, f"{sig.rule.split('.')[0]}.against_trend", why, inputs)
 
     def _signal(self, close: float, atr: float | None, fused: RegimeUpdate) -> _Signal:
         if fused.regime == "crisis":
