@@ -34,23 +34,25 @@ class LiveView(Protocol):
     def cluster_status(self) -> dict[str, Any]: ...
 
 
-def live(conn: HTTPConnection) -> LiveView:
+async def live(conn: HTTPConnection) -> LiveView:
     rt: LiveView = conn.app.state.runtime
     return rt
 
 
-def stores(conn: HTTPConnection) -> Stores:
+async def stores(conn: HTTPConnection) -> Stores:
     s: Stores | None = conn.app.state.runtime.stores
     if s is None:
         raise HTTPException(503, "starting: stores not open yet", headers={"Retry-After": "1"})
     return s
 
 
-def streams(conn: HTTPConnection) -> Streams:
+async def streams(conn: HTTPConnection) -> Streams:
     st: Streams = conn.app.state.streams
     return st
 
 
+# The dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
+# and the hand-off cost more than the lookups (under load, a third of a history request).
 LiveDep = Annotated[LiveView, Depends(live)]
 StoresDep = Annotated[Stores, Depends(stores)]
 StreamsDep = Annotated[Streams, Depends(streams)]

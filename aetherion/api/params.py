@@ -31,6 +31,10 @@ def market_of(request: Request, market: str) -> MarketConfig:
     return cfg
 
 
+async def market_dep(request: Request, market: str) -> MarketConfig:
+    return market_of(request, market)
+
+
 class History:
     """``limit``, ``since`` and ``until`` of a history endpoint (newest first)."""
 
@@ -40,7 +44,7 @@ class History:
         self.limit, self.since, self.until = limit, since, until
 
 
-def history(
+async def history(
     limit: Annotated[int, Query(ge=1, le=5000, description="rows, newest first")] = 100,
     since: Annotated[str | None, Query(description="epoch ms or ISO-8601, inclusive")] = None,
     until: Annotated[str | None, Query(description="epoch ms or ISO-8601, inclusive")] = None,
@@ -62,5 +66,6 @@ def timeframe_of(request: Request, timeframe: str | None) -> str:
     return timeframe
 
 
-MarketDep = Annotated[MarketConfig, Depends(market_of)]
+# Coroutines, not functions: FastAPI would run a function dependency in a worker thread.
+MarketDep = Annotated[MarketConfig, Depends(market_dep)]
 HistoryDep = Annotated[History, Depends(history)]
