@@ -138,6 +138,20 @@ async def duplicates(sql_url: str) -> tuple[int, int, int]:
     return int(n), int(twice), int(dec)
 
 
+async def fences_and_state(sql_url: str) -> tuple[dict[str, str], set[str]]:
+    """(market -> the owner its fence names, markets with decisions and regimes stored)."""
+    engine = create_async_engine(sql_url)
+    try:
+        async with engine.connect() as c:
+            fences = dict((await c.execute(text("SELECT market, owner FROM market_fences"))).all())
+            written = set((await c.execute(text(
+                "SELECT DISTINCT d.market FROM decisions d JOIN regime_state r "
+                "ON r.market = d.market"))).scalars())
+    finally:
+        await engine.dispose()
+    return {str(k): str(v) for k, v in fences.items()}, {str(m) for m in written}
+
+
 def test_three_instances_share_six_markets_and_survive_a_kill(
     cluster: tuple[list[Instance], str],
 ) -> None:
@@ -176,3 +190,8 @@ def test_three_instances_share_six_markets_and_survive_a_kill(
         assert {m["market"] for m in msgs if m["type"] in ("tick", "ticks")} == IDS
     ticks, twice, decided_twice = asyncio.run(duplicates(sql_url))
     assert ticks > 1000 and twice == 0 and decided_twice == 0
+    # Each market's state is fenced for the instance that owns it now, and its decisions and
+    # regimes are stored: the owners' own writes pass the fence.
+    fences, written = asyncio.run(fences_and_state(sql_url))
+    assert fences == after, (fences, after)
+    assert written == IDS

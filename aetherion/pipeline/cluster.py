@@ -247,6 +247,12 @@ class ClusterNode:
         lease = self.leases.get(market)
         return lease is not None and lease.still_mine()
 
+    def holder(self, market: str) -> tuple[str, int] | None:
+        """(this instance, its lease token) while the market's lease is ours: what the state
+        store's fence must hold for a write of the market to be stored."""
+        lease = self.leases.get(market)
+        return (self.id, lease.token) if lease is not None and lease.still_mine() else None
+
     async def open(self) -> None:
         cfg = self.cfg
         self._nc = nc = await connect(cfg.nats_url, f"aetherion:{self.id}")
@@ -353,6 +359,8 @@ class ClusterNode:
                 continue
             self.leases[mid] = lease
             try:
+                if rt.stores is not None:  # from now on a former owner's writes are refused
+                    await rt.stores.state.fence(mid, self.id, lease.token)
                 await rt.start_market(markets[mid])
             except Exception:
                 log.exception("market failed to start; lease released", market=mid)
@@ -420,4 +428,6 @@ class ClusterNode:
                 "bus": {"published": self.bus_sink.published,
                         "duplicates": self.bus_sink.duplicates,
                         "dropped": self.bus_sink.dropped, "fenced": self.bus_sink.fenced,
-                        "failed": self.bus_sink.failed}}
+                        "failed": self.bus_sink.failed},
+                "store_fenced": 0 if self.runtime.stores is None
+                else self.runtime.stores.state.fenced}

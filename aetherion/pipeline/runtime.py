@@ -153,6 +153,7 @@ class Runtime:
         stack.push_async_callback(self._stop_markets)
         if s.nats_url:  # cluster mode: the rounds start the markets this instance owns
             self.cluster = node = ClusterNode(self, ClusterNode.settings_of(s))
+            stores.state.holder = node.holder  # fencing: a market's state only while it is ours
             await node.open()
             stack.push_async_callback(node.close)
             # Events reach this instance's clients through the bus, like every other market's.

@@ -7,7 +7,7 @@ bar, a replay after a restart — stores nothing new, on SQLite and MySQL alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, and_, func, select
@@ -26,13 +26,22 @@ def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     return (items[i:i + n] for i in range(0, len(items), n))
 
 
-async def write_decisions(engine: AsyncEngine, decisions: Sequence[Decision]) -> int:
-    """Store the decisions whose id is not stored yet; returns how many were new."""
+Owned = Callable[[AsyncConnection, set[str]], Awaitable[set[str]]]
+
+
+async def write_decisions(engine: AsyncEngine, decisions: Sequence[Decision],
+                          owned: Owned | None = None) -> int:
+    """Store the decisions whose id is not stored yet; returns how many were new. ``owned``
+    (cluster fencing, :meth:`StateStore.owned`) picks, in the writing transaction, the markets
+    whose decisions may be written; the others are dropped."""
     rows: dict[str, dict[str, Any]] = {}
     for d in decisions:
         rows.setdefault(d.id, d.model_dump())
     new = 0
     async with engine.begin() as conn:
+        if owned is not None:
+            mine = await owned(conn, {r["market"] for r in rows.values()})
+            rows = {i: r for i, r in rows.items() if r["market"] in mine}
         for ids in _chunks(list(rows)):
             have = set((await conn.execute(select(T.c.id).where(T.c.id.in_(ids)))).scalars())
             fresh = [rows[i] for i in ids if i not in have]

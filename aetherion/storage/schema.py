@@ -22,7 +22,8 @@ from sqlalchemy import (
 )
 
 __all__ = [
-    "BOOK_TABLES", "decisions", "market_candles", "market_features", "market_ticks", "metadata",
+    "BOOK_TABLES", "decisions", "market_candles", "market_features", "market_fences",
+    "market_ticks", "metadata",
     "model_versions", "regime_state", "regime_transitions", "system_state",
 ]
 
@@ -40,6 +41,15 @@ system_state = Table(
     "system_state", metadata,
     Column("key", String(191), primary_key=True),
     Column("value", JSON, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# 0003: the instance that may write a market's state (cluster mode; docs/scale-out.md)
+market_fences = Table(
+    "market_fences", metadata,
+    _market(primary_key=True),
+    Column("owner", String(191), nullable=False),
+    Column("token", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
 

@@ -6,12 +6,12 @@ Decisions and model versions live in the same database; their stages own their q
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aetherion.domain import ModelVersion, RegimeUpdate, Transition
 from aetherion.storage import schema as s
@@ -19,7 +19,8 @@ from aetherion.storage.migrate import upgrade_engine
 from aetherion.storage.retention import Plan, purge_sql
 from aetherion.storage.sql import finite, insert_ignore, make_engine, upsert
 
-__all__ = ["StateStore", "describe_source", "record_sources", "source_changes", "source_key"]
+__all__ = ["Holder", "StateStore", "describe_source", "record_sources", "source_changes",
+           "source_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -32,12 +33,52 @@ def _model_key(row: dict[str, Any]) -> tuple[str, str, int]:
     return row["market"], row["timeframe"], row["version"]
 
 
+#: (owner, lease token) under which this instance holds a market, or None: see StateStore.holder
+Holder = Callable[[str], tuple[str, int] | None]
+
+
 class StateStore:
-    """State kept across restarts. Satisfies :class:`aetherion.ingest.base.Checkpoints`."""
+    """State kept across restarts. Satisfies :class:`aetherion.ingest.base.Checkpoints`.
+
+    **Fencing** (cluster mode): with ``holder`` set, a market's regimes, transitions, model
+    versions and decisions are written only while its ``market_fences`` row is this instance's
+    (owner, token), checked in the transaction that writes them (under a shared row lock on
+    MySQL, so a new owner's :meth:`fence` waits for a write under way and every later one is
+    refused). Refused rows are dropped, counted in ``fenced`` and logged, never retried."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._set_state = upsert(engine, s.system_state, ["key"])
+        self._set_fence = upsert(engine, s.market_fences, ["market"])
+        self.holder: Holder | None = None
+        self.fenced = 0
+
+    async def fence(self, market: str, owner: str, token: int) -> None:
+        """Take ``market``'s state for (``owner``, ``token``): from now on only that holder's
+        writes of it are stored. Called by an instance that has just won the market's lease."""
+        async with self.engine.begin() as conn:
+            await conn.execute(self._set_fence, {"market": market, "owner": owner,
+                                                 "token": token, "updated_at": _now_ms()})
+
+    async def owned(self, conn: AsyncConnection, markets: set[str]) -> set[str]:
+        """Of ``markets``, those whose rows ``conn``'s transaction may write (all of them
+        without a holder)."""
+        if self.holder is None or not markets:
+            return markets
+        f = s.market_fences
+        q = select(f.c.market, f.c.owner, f.c.token).where(
+            f.c.market.in_(sorted(markets))).with_for_update(read=True)
+        fences = {r.market: (r.owner, int(r.token)) for r in await conn.execute(q)}
+        mine = {m for m in markets if (h := self.holder(m)) is not None and fences.get(m) == h}
+        for m in markets - mine:
+            log.warning("state writes refused: the market is fenced for another holder",
+                        market=m, fence=fences.get(m), ours=self.holder(m))
+        return mine
+
+    def _keep(self, rows: list[dict[str, Any]], mine: set[str]) -> list[dict[str, Any]]:
+        kept = [r for r in rows if r["market"] in mine]
+        self.fenced += len(rows) - len(kept)
+        return kept
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> StateStore:
@@ -81,7 +122,8 @@ class StateStore:
             "created_at": now,
         } for u in updates]
         async with self.engine.begin() as conn:
-            await conn.execute(insert_ignore(self.engine, s.regime_state), rows)
+            if rows := self._keep(rows, await self.owned(conn, {u.market for u in updates})):
+                await conn.execute(insert_ignore(self.engine, s.regime_state), rows)
 
     async def write_transitions(self, transitions: list[Transition]) -> None:
         if not transitions:
@@ -95,7 +137,8 @@ class StateStore:
             "created_at": now,
         } for t in transitions]
         async with self.engine.begin() as conn:
-            await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
+            if rows := self._keep(rows, await self.owned(conn, {t.market for t in transitions})):
+                await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
 
     async def write_models(self, versions: list[ModelVersion]) -> None:
         """Every attempt, rejected or active, with its parameters. A version already stored is
@@ -115,6 +158,9 @@ class StateStore:
         same = (t.c.trained_at, t.c.effective_from, t.c.status)
         q = select(*key, *same).where(tuple_(*key).in_([_model_key(r) for r in rows]))
         async with self.engine.begin() as conn:
+            mine = await self.owned(conn, {v.market for v in versions})
+            if not (rows := self._keep(rows, mine)):
+                return
             await conn.execute(insert_ignore(self.engine, t), rows)
             stored = {tuple(r[:3]): tuple(r[3:]) for r in await conn.execute(q)}
         for r in rows:
