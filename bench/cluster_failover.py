@@ -30,7 +30,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import cluster as launcher  # noqa: E402 - scripts/cluster.py
+import cluster as launcher
 
 TTL_S = 5.0
 

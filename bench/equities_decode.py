@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fakes.alpaca_server import rfc3339, spy_trades, with_quotes  # noqa: E402
-from fakes.kite_server import RELIANCE, frame, pack, synthetic_day  # noqa: E402
+from fakes.alpaca_server import rfc3339, spy_trades, with_quotes
+from fakes.kite_server import RELIANCE, frame, pack, synthetic_day
 
-from aetherion.ingest.alpaca import AlpacaParser  # noqa: E402
-from aetherion.ingest.kite import KiteParser  # noqa: E402
+from aetherion.ingest.alpaca import AlpacaParser
+from aetherion.ingest.kite import KiteParser
 
 
 def alpaca() -> None:

@@ -10,7 +10,7 @@ import random
 import zipfile
 
 import pytest
-from datadir import DATA  # noqa: E402
+from datadir import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError

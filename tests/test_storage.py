@@ -109,7 +109,7 @@ async def test_db_upgrade_command_and_migrations_dir(
 ) -> None:
     db = tmp_path / "new" / "dir" / "a.db"
     env = {**os.environ, "AETHERION_SQL_URL": f"sqlite+aiosqlite:///{db}"}
-    done = subprocess.run([sys.executable, "-m", "aetherion", "db", "upgrade"], env=env,  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "aetherion", "db", "upgrade"], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(db) as conn:
