@@ -39,11 +39,12 @@ bins on [0, 1], the last one closed).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from aetherion.domain import REGIMES
 
@@ -56,16 +57,18 @@ YEAR_MS = 365.25 * 86_400_000
 FLAT_SD = 1e-12  # a per-bar standard deviation below this is no variation at all: no Sharpe
 ECE_BINS = 10
 
-Array = np.ndarray[Any, np.dtype[np.float64]]
+Array = npt.NDArray[np.float64]
+#: a replay output row (``replay.result_rows``): values of mixed JSON types
+Row = Mapping[str, Any]
 
 
-def _exposures(rows: Sequence[dict[str, Any]]) -> Array:
+def _exposures(rows: Sequence[Row]) -> Array:
     """Each row's exposure, or its position's level when the row has none."""
     return np.array([r["exposure"] if r.get("exposure") is not None else LEVEL[r["position"]]
                      for r in rows], dtype=float)
 
 
-def performance(rows: Sequence[dict[str, Any]], fee_bps: float = DEFAULT_FEE_BPS,
+def performance(rows: Sequence[Row], fee_bps: float = DEFAULT_FEE_BPS,
                 slippage_bps: float = DEFAULT_SLIPPAGE_BPS, ma_window: int = 200
                 ) -> dict[str, Any]:
     """The decisions, buy-and-hold and the moving-average filter, filled as the module says."""
@@ -117,7 +120,7 @@ def _cagr(final: float, years: float | None) -> float | None:
 
 
 def _book(held: Array, bar_ret: Array, cost: float, per_year: float,
-          span_years: float) -> dict[str, Any]:
+          span_years: float) -> dict[str, float | None]:
     """One book's statistics from the exposure held over each open-to-open bar."""
     change = np.abs(np.diff(held, prepend=0.0))
     rets = held * bar_ret - change * cost
@@ -156,7 +159,7 @@ def _round_trips(held: Array, bar_ret: Array, cost: float) -> tuple[int, int]:
     return trips, int(np.count_nonzero(log_growth > 0))
 
 
-def classification(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def classification(rows: Sequence[Row]) -> dict[str, Any] | None:
     """How well ``regime_raw`` matches ``true_regime`` (see the module doc); None without truth."""
     scored = [r for r in rows if r.get("true_regime") in REGIMES]
     if not scored:
@@ -186,7 +189,7 @@ def classification(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def _ece(confidence: Array, correct: np.ndarray[Any, np.dtype[np.bool_]]) -> float | None:
+def _ece(confidence: Array, correct: npt.NDArray[np.bool_]) -> float | None:
     """Expected calibration error over the bars that have a confidence; None if none has."""
     known = ~np.isnan(confidence)
     if not known.any():
@@ -203,7 +206,7 @@ REGIME_COLOURS = {"bull": "#1f9d55", "bear": "#cc1f1a", "sideways": "#8795a1",
                   "crisis": "#6f42c1", "unknown": "#dae1e7"}
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+def plot(rows: Sequence[Row], path: Path, title: str = "") -> None:
     """Price coloured by stable regime with decision markers, the exposure, and confidence."""
     import matplotlib
 

@@ -38,9 +38,9 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Required, TypedDict
 
 import ccxt.pro as ccxtpro
 import msgspec
@@ -57,13 +57,24 @@ log = structlog.get_logger(__name__)
 
 RAW_LOG_CHARS = 200
 CONSECUTIVE_IDS = frozenset({"binance", "binanceus"})
-EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
+EXCHANGE_OPTIONS: dict[str, dict[str, object]] = {
     "binance": {"fetchMarkets": {"types": ["spot"]}},
     "binanceus": {"fetchMarkets": {"types": ["spot"]}},
 }
 
 #: A finite number above 0 (not a bool).
 Positive = Annotated[float, msgspec.Meta(gt=0, le=sys.float_info.max)]
+#: one of ccxt's unified trades, not yet validated
+Row = dict[str, object]
+
+
+class CcxtBook(TypedDict, total=False):
+    """ccxt's unified order book, the keys read here (levels ``[price, amount, ...]``)."""
+
+    bids: Required[Sequence[Sequence[float]]]
+    asks: Required[Sequence[Sequence[float]]]
+    timestamp: float | None
+    nonce: int | None
 
 
 class CcxtTrade(msgspec.Struct, frozen=True):
@@ -73,7 +84,7 @@ class CcxtTrade(msgspec.Struct, frozen=True):
     amount: Positive
     timestamp: int
     id: str | int
-    side: Any = None
+    side: object = None
 
     def parse_to_tick(self, market_id: str, recv_ns: int) -> Tick:
         side = BUY if self.side == "buy" else SELL if self.side == "sell" else UNKNOWN_SIDE
@@ -81,7 +92,7 @@ class CcxtTrade(msgspec.Struct, frozen=True):
                     recv_ns)
 
 
-def parse_to_book(ob: Any, market_id: str, depth: int) -> BookSnapshot:
+def parse_to_book(ob: CcxtBook, market_id: str, depth: int) -> BookSnapshot:
     """The top ``depth`` levels a side of ccxt's order book."""
     return BookSnapshot(
         market_id, int(ob.get("timestamp") or time.time() * 1000),
@@ -90,7 +101,7 @@ def parse_to_book(ob: Any, market_id: str, depth: int) -> BookSnapshot:
         ob.get("nonce"), "live")
 
 
-def _point_urls(node: Any, ws_url: str | None, rest_url: str | None) -> Any:
+def _point_urls(node: object, ws_url: str | None, rest_url: str | None) -> object:
     if isinstance(node, dict):
         return {k: _point_urls(v, ws_url, rest_url) for k, v in node.items()}
     if isinstance(node, str):
@@ -127,9 +138,9 @@ class CcxtConnector(LiveConnector):
         self._recent: deque[str] = deque(maxlen=4096)  # ids of recent trades (any exchange)
         self._recent_set: set[str] = set()
         self.duplicates = 0
-        self.ex: Any = None
+        self.ex: Any = None  # a ccxt.pro exchange (ccxt is untyped)
         self._book_sent = 0.0
-        self._trades: asyncio.Future[Any] | None = None  # the first watch_trades call
+        self._trades: asyncio.Future[list[Row]] | None = None  # the first watch_trades call
         self._book_task: asyncio.Task[None] | None = None
 
     # the session -------------------------------------------------------------------------------
@@ -188,7 +199,7 @@ class CcxtConnector(LiveConnector):
             return Failure(error)  # ccxt's messages name their own URL
         return super().classify(error)
 
-    def _make_exchange(self) -> Any:
+    def _make_exchange(self) -> Any:  # a ccxt.pro exchange; ccxt is untyped
         cls = getattr(ccxtpro, self.exchange_id)
         on_bad = self._malformed
 
@@ -198,7 +209,7 @@ class CcxtConnector(LiveConnector):
                 if not getattr(c, "_aetherion_guarded", False):
                     handle = c.handle_text_or_binary_message
 
-                    def guarded(data: Any) -> None:
+                    def guarded(data: object) -> None:
                         try:
                             handle(data)
                         except Exception as e:  # the frame is counted and skipped
@@ -208,8 +219,8 @@ class CcxtConnector(LiveConnector):
                     c._aetherion_guarded = True
                 return c
 
-        config: dict[str, Any] = {"enableRateLimit": True, "timeout": 10_000,
-                                  "options": dict(EXCHANGE_OPTIONS.get(self.exchange_id, {}))}
+        config: dict[str, object] = {"enableRateLimit": True, "timeout": 10_000,
+                                     "options": dict(EXCHANGE_OPTIONS.get(self.exchange_id, {}))}
         for field, env in (("apiKey", self.market.api_key_env),
                            ("secret", self.market.api_secret_env)):
             if env and os.environ.get(env):
@@ -219,7 +230,7 @@ class CcxtConnector(LiveConnector):
             ex.urls["api"] = _point_urls(ex.urls["api"], self.market.ws_url, self.market.rest_url)
         return ex
 
-    def _malformed(self, data: Any, error: BaseException) -> None:
+    def _malformed(self, data: object, error: BaseException) -> None:
         self.stats.malformed += 1
         text = data if isinstance(data, str) else repr(data)
         log.warning("ccxt: malformed message skipped", market=self.market.id,
@@ -243,7 +254,7 @@ class CcxtConnector(LiveConnector):
 
     # trades ------------------------------------------------------------------------------------
 
-    async def _trades_loop(self, first: asyncio.Future[Any]) -> None:
+    async def _trades_loop(self, first: asyncio.Future[list[Row]]) -> None:
         watch, symbol = self.watchdog.next, self.market.symbol
         batch = await watch(lambda: first)
         while True:
@@ -252,7 +263,7 @@ class CcxtConnector(LiveConnector):
             await self._on_trades(batch, recv_ns)
             batch = await watch(lambda: self.ex.watch_trades(symbol))
 
-    def _tick(self, t: Any, recv_ns: int) -> Tick | None:
+    def _tick(self, t: object, recv_ns: int) -> Tick | None:
         try:
             return msgspec.convert(t, CcxtTrade).parse_to_tick(self.market.id, recv_ns)
         except msgspec.ValidationError as e:
@@ -260,7 +271,7 @@ class CcxtConnector(LiveConnector):
             self._malformed(repr(raw), e)
             return None
 
-    async def _on_trades(self, trades: list[dict[str, Any]], recv_ns: int) -> None:
+    async def _on_trades(self, trades: list[Row], recv_ns: int) -> None:
         ticks = [tk for t in trades if (tk := self._tick(t, recv_ns)) is not None]
         if self.consecutive and ticks and self.last_id is not None:
             # Any hole among the new ids, not just before the batch's first trade: a batch can
@@ -324,8 +335,8 @@ class CcxtConnector(LiveConnector):
             self.stats.gaps_filled += 1
         log.info("ccxt: backfilled", market=self.market.id, trades=n_before, filled=contiguous)
 
-    async def _fetch_by_id(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    async def _fetch_by_id(self) -> list[Row]:
+        out: list[Row] = []
         next_id = (self.last_id or 0) + 1
         while True:
             page = await self.ex.fetch_trades(self.market.symbol, None, 1000, {
@@ -335,11 +346,10 @@ class CcxtConnector(LiveConnector):
                 return out
             next_id = int(page[-1]["id"]) + 1
 
-    async def _fetch_recent(self) -> list[dict[str, Any]]:
+    async def _fetch_recent(self) -> list[Row]:
         params = {"fetchTradesMethod": "publicGetTrades"} if self.consecutive else {}
         since = None if self.consecutive else self.last_ts or None
-        page: list[dict[str, Any]] = await self.ex.fetch_trades(self.market.symbol, since, 1000,
-                                                                params)
+        page: list[Row] = await self.ex.fetch_trades(self.market.symbol, since, 1000, params)
         return page
 
     # order book --------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ answer newest first.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVarTuple
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError
-from sqlalchemy import Table, select
+from sqlalchemy import ColumnElement, Executable, RowMapping, Select, Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aetherion.config import Settings
@@ -28,6 +29,12 @@ __all__ = [
 ]
 
 DUPLICATE_KEY = 11000
+
+#: a row or document as written
+Doc = dict[str, object]
+#: a row or document as read back (the drivers' values are untyped)
+Stored = RowMapping | Mapping[str, Any]
+_Ts = TypeVarTuple("_Ts")
 
 
 class MarketStore(Protocol):
@@ -51,18 +58,18 @@ class MarketStore(Protocol):
 
 # ---- rows <-> events (shared by both implementations) ---------------------------------------
 
-def tick_row(t: Tick) -> dict[str, Any]:
+def tick_row(t: Tick) -> Doc:
     return {"market": t.market, "trade_id": t.trade_id or f"{t.ts}:{t.price}:{t.size}",
             "ts": t.ts, "recv_ns": t.recv_ns, "price": t.price, "size": t.size, "side": t.side,
             "side_inferred": t.side_inferred}
 
 
-def _tick(r: Any) -> Tick:
+def _tick(r: Stored) -> Tick:
     return Tick(r["market"], r["ts"], r["price"], r["size"], r["side"], r["trade_id"],
                 r["recv_ns"], bool(r["side_inferred"]))
 
 
-def bar_row(b: Bar) -> dict[str, Any]:
+def bar_row(b: Bar) -> Doc:
     return {"market": b.market, "timeframe": b.timeframe, "open_time": b.open_time,
             "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume,
             "buy_volume": b.buy_volume, "sell_volume": b.sell_volume,
@@ -70,32 +77,31 @@ def bar_row(b: Bar) -> dict[str, Any]:
             "sided": b.sided, "first_ts": b.first_ts, "last_ts": b.last_ts}
 
 
-def _bar(r: Any) -> Bar:
+def _bar(r: Stored) -> Bar:
     return Bar(r["market"], r["timeframe"], r["open_time"], r["open"], r["high"], r["low"],
                r["close"], r["volume"], r["buy_volume"], r["sell_volume"], r["trade_count"],
                bool(r["closed"]), r["revision"], r["first_ts"], r["last_ts"], bool(r["sided"]))
 
 
-def feature_row(f: Features) -> dict[str, Any]:
-    row: dict[str, Any] = {"market": f.market, "timeframe": f.timeframe,
-                           "open_time": f.open_time,
-                           "extra": {k: finite(v) for k, v in f.extra.items()}}
+def feature_row(f: Features) -> Doc:
+    row: Doc = {"market": f.market, "timeframe": f.timeframe, "open_time": f.open_time,
+                "extra": {k: finite(v) for k, v in f.extra.items()}}
     for c in s.FEATURE_COLUMNS:
         row[c] = finite(getattr(f, c))
     return row
 
 
-def _features(r: Any) -> Features:
+def _features(r: Stored) -> Features:
     return Features(market=r["market"], timeframe=r["timeframe"], open_time=r["open_time"],
                     extra=dict(r["extra"] or {}), **{c: r[c] for c in s.FEATURE_COLUMNS})
 
 
-def book_row(b: BookSnapshot) -> dict[str, Any]:
+def book_row(b: BookSnapshot) -> Doc:
     return {"market": b.market, "ts": b.ts, "sequence": b.sequence or 0, "state": b.state,
             "bids": [list(x) for x in b.bids], "asks": [list(x) for x in b.asks]}
 
 
-def _book(r: Any) -> BookSnapshot:
+def _book(r: Stored) -> BookSnapshot:
     return BookSnapshot(r["market"], r["ts"], tuple(tuple(x) for x in r["bids"]),
                         tuple(tuple(x) for x in r["asks"]), r["sequence"] or None, r["state"])
 
@@ -106,7 +112,8 @@ def _venue(venue: str) -> str:
     return venue
 
 
-def _window(q: Any, col: Any, since: int | None, until: int | None) -> Any:
+def _window(q: Select[*_Ts], col: ColumnElement[int], since: int | None,
+            until: int | None) -> Select[*_Ts]:
     if since is not None:
         q = q.where(col >= since)
     if until is not None:
@@ -130,7 +137,7 @@ class SqlMarketStore:
         self._features = insert_ignore(engine, s.market_features)
         self._books = {v: insert_ignore(engine, t) for v, t in s.BOOK_TABLES.items()}
 
-    async def _write(self, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    async def _write(self, stmt: Executable, rows: list[Doc]) -> None:
         if rows:
             async with self.engine.begin() as conn:
                 await conn.execute(stmt, rows)
@@ -149,7 +156,7 @@ class SqlMarketStore:
     async def write_books(self, venue: str, books: list[BookSnapshot]) -> None:
         await self._write(self._books[_venue(venue)], [book_row(b) for b in books])
 
-    async def _rows(self, q: Any) -> list[Any]:
+    async def _rows(self, q: Executable) -> list[RowMapping]:
         async with self.engine.connect() as conn:
             return [r._mapping for r in await conn.execute(q)]
 
@@ -222,7 +229,7 @@ class MongoMarketStore:
 
     def __init__(self, url: str, db: str, timeout_ms: int = 5000) -> None:
         """``timeout_ms``: how long an operation waits for an unreachable server."""
-        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
             url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms)
         self.db = self.client[db]
 
@@ -233,11 +240,11 @@ class MongoMarketStore:
             await store.db[name].create_indexes(indexes)
         return store
 
-    async def _insert_all(self, coll: str, docs: list[dict[str, Any]]) -> None:
+    async def _insert_all(self, coll: str, docs: list[Doc]) -> None:
         if docs:
             await self.db[coll].insert_many(docs, ordered=False)
 
-    async def _insert(self, coll: str, docs: list[dict[str, Any]]) -> None:
+    async def _insert(self, coll: str, docs: list[Doc]) -> None:
         """Insert; a document whose unique key is stored already is left as it is."""
         try:
             await self._insert_all(coll, docs)
@@ -280,8 +287,8 @@ class MongoMarketStore:
     async def write_books(self, venue: str, books: list[BookSnapshot]) -> None:
         await self._insert(f"{_venue(venue)}_orderbook", [book_row(b) for b in books])
 
-    async def _find(self, coll: str, flt: dict[str, Any], field: str, limit: int,
-                    since: int | None, until: int | None) -> list[dict[str, Any]]:
+    async def _find(self, coll: str, flt: Doc, field: str, limit: int,
+                    since: int | None, until: int | None) -> list[Doc]:
         rng = {k: v for k, v in (("$gte", since), ("$lte", until)) if v is not None}
         if rng:
             flt = {**flt, field: rng}

@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -50,20 +50,23 @@ __all__ = ["BufferedWriter", "market_kinds", "state_kinds"]
 
 log = structlog.get_logger(__name__)
 
-Write = Callable[[list[Any]], Coroutine[Any, Any, Any]]
+#: the write of a batch of the kind's row type (a type that differs by kind)
+Write = Callable[[list[Any]], Awaitable[None]]
+#: kind -> (row type, write)
+Kinds = dict[str, tuple[type[object], Write]]
 Ping = Callable[[], Awaitable[None]]
 PING_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 10.0
 REJECTED = "rejected.jsonl"
 
 
-def market_kinds(store: MarketStore) -> dict[str, tuple[type[Any], Write]]:
+def market_kinds(store: MarketStore) -> Kinds:
     """What the market store takes, by kind: the row type (for the journal) and the write."""
 
     def books(venue: str) -> Write:
         return lambda rows: store.write_books(venue, rows)
 
-    async def history(rows: list[Any]) -> None:
+    async def history(rows: list[Bar]) -> None:
         await store.write_bars(rows, keep_existing=True)
 
     return {
@@ -73,10 +76,10 @@ def market_kinds(store: MarketStore) -> dict[str, tuple[type[Any], Write]]:
     }
 
 
-def state_kinds(state: StateStore) -> dict[str, tuple[type[Any], Write]]:
+def state_kinds(state: StateStore) -> Kinds:
     """What the state store takes through a writer. Decisions travel as dicts (their
     pydantic model's dump), so the journal keeps them as plain JSON."""
-    async def decisions(rows: list[dict[str, Any]]) -> None:
+    async def decisions(rows: list[dict[str, object]]) -> None:
         async def owned(conn: AsyncConnection, markets: set[str]) -> set[str]:
             mine = await state.owned(conn, markets)
             state.fenced += sum(r["market"] not in mine for r in rows)
@@ -100,7 +103,7 @@ class BufferedWriter:
     is treated as an outage and retried.
     """
 
-    def __init__(self, name: str, kinds: dict[str, tuple[type[Any], Write]], settings: Settings,
+    def __init__(self, name: str, kinds: Kinds, settings: Settings,
                  spool_dir: Path | str = "var/spool", ping: Ping | None = None) -> None:
         self.name = name
         self.kinds = kinds
@@ -110,7 +113,7 @@ class BufferedWriter:
         self.bound = settings.store_buffer_rows
         self.spill_s = settings.store_spill_after_ms / 1000
         self.spool = Path(spool_dir) / name
-        self._queues: dict[str, deque[Any]] = {k: deque() for k in kinds}
+        self._queues: dict[str, deque[object]] = {k: deque() for k in kinds}
         self._wake = asyncio.Event()
         self._retry = asyncio.Event()  # a stop cuts the back-off short
         self._unspooled = asyncio.Event()  # the journal is empty
@@ -142,7 +145,7 @@ class BufferedWriter:
 
     # ---- the pipeline's side: never waits --------------------------------------------------
 
-    def put(self, kind: str, rows: list[Any]) -> None:
+    def put(self, kind: str, rows: Sequence[object]) -> None:
         q = self._queues[kind]
         q.extend(rows)
         if len(q) >= self.batch:
@@ -304,14 +307,14 @@ class BufferedWriter:
                     q.popleft()
                 self.written += n
 
-    async def _write_batch(self, kind: str, rows: list[Any]) -> None:
+    async def _write_batch(self, kind: str, rows: list[object]) -> None:
         self._write_since = time.monotonic()
         try:
             await self._write_rows(kind, rows)
         finally:
             self._write_since = None
 
-    async def _write_rows(self, kind: str, rows: list[Any]) -> None:
+    async def _write_rows(self, kind: str, rows: list[object]) -> None:
         write = self.kinds[kind][1]
         try:
             await write(rows)
@@ -335,7 +338,7 @@ class BufferedWriter:
             return False
         return True
 
-    def _reject(self, kind: str, row: Any, e: Exception) -> None:
+    def _reject(self, kind: str, row: object, e: Exception) -> None:
         self.spool.mkdir(parents=True, exist_ok=True)
         with (self.spool / REJECTED).open("ab") as f:
             f.write(msgspec.json.encode((kind, [row])) + b"\n")
@@ -402,13 +405,13 @@ class BufferedWriter:
             log.warning("store backlog spilled to disk", store=self.name, rows=moved,
                         file=str(path))
 
-    def _read(self, path: Path, report: bool = True) -> list[tuple[str, list[Any]]]:
+    def _read(self, path: Path, report: bool = True) -> list[tuple[str, list[object]]]:
         """The journal file's batches; an unreadable line is counted and logged (``report``)."""
-        out: list[tuple[str, list[Any]]] = []
+        out: list[tuple[str, list[object]]] = []
         for line in path.read_bytes().splitlines():
             try:
                 kind = msgspec.json.decode(line)[0]
-                row_type: Any = list.__class_getitem__(self.kinds[kind][0])
+                row_type: Any = list.__class_getitem__(self.kinds[kind][0])  # built at runtime
                 out.append(msgspec.json.decode(line, type=tuple[str, row_type]))
             except (msgspec.DecodeError, KeyError, IndexError, TypeError) as e:
                 if not report:
