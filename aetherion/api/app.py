@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aetherion import __version__
 from aetherion.api import dashboard, decision, market, performance, regime
+from aetherion.api.coalesce import Coalesce
 from aetherion.api.params import UnknownMarket
 from aetherion.api.publish import Streams
 from aetherion.api.security import ApiKeyMiddleware, WebSocketGate
@@ -201,7 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(performance.router)
     app.include_router(dashboard.router)
     # Outermost last: CORS answers preflights before the key is asked for; the gate counts only
-    # WebSockets that passed the key check.
+    # WebSockets that passed the key check; identical history GETs share an answer only once
+    # each has passed it.
+    app.add_middleware(Coalesce)
     app.add_middleware(WebSocketGate, origins=settings.ws_origins,
                        max_clients=settings.ws_max_clients, counts=streams.ws_counts)
     app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
