@@ -137,6 +137,10 @@ def _run(settings: Settings) -> int:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="on", ws_ping_interval=20.0, ws_max_size=settings.ws_max_message_bytes,
+        # An idle keep-alive connection is closed after this long. uvicorn's 5 s raced clients
+        # under load: a big answer still on its way out started the clock, and the client's
+        # next request met the close (a read error). Longer than the usual proxies' 60 s.
+        timeout_keep_alive=65,
     )
     server = uvicorn.Server(config)
     try:
