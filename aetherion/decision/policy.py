@@ -105,20 +105,30 @@ class _Sizer:
 
 class _Trend:
     """The long-run trend from closes: +1 when the close is above its ``ma``-close mean or
-    above the close ``mom`` bars ago, -1 when it is below both, 0 until both can be read."""
+    above the close ``mom`` bars ago, -1 when it is below both, 0 until both can be read.
+    O(1) a bar: a running sum, recomputed exactly every ``ma`` closes so it cannot drift."""
 
     def __init__(self, ma: int, mom: int) -> None:
-        self.closes: deque[float] = deque(maxlen=max(ma, mom + 1))
+        self.closes: deque[float] = deque(maxlen=mom + 1)
+        self.window: deque[float] = deque(maxlen=ma)
         self.ma, self.mom = ma, mom
+        self.total, self.since_exact = 0.0, 0
 
     def update(self, close: float) -> None:
+        if len(self.window) == self.ma:
+            self.total -= self.window[0]
+        self.window.append(close)
         self.closes.append(close)
+        self.since_exact += 1
+        if self.since_exact >= self.ma:
+            self.total, self.since_exact = math.fsum(self.window), 0
+        else:
+            self.total += close
 
     def read(self) -> tuple[int, Inputs]:
-        c = self.closes
-        if len(c) < self.ma or len(c) < self.mom + 1:
+        if len(self.window) < self.ma or len(self.closes) < self.mom + 1:
             return 0, {}
-        close, mean, ago = c[-1], math.fsum(list(c)[-self.ma:]) / self.ma, c[-self.mom - 1]
+        close, mean, ago = self.closes[-1], self.total / self.ma, self.closes[0]
         up, down = close > mean or close > ago, close < mean and close < ago
         return (1 if up else -1 if down else 0), {"trend_mean": mean, "trend_close_ago": ago}
 
