@@ -26,7 +26,8 @@ def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     return (items[i:i + n] for i in range(0, len(items), n))
 
 
-Owned = Callable[[AsyncConnection, set[str]], Awaitable[set[str]]]
+#: (the writing transaction, each row's market) -> the markets that may be written
+Owned = Callable[[AsyncConnection, Sequence[str]], Awaitable[set[str]]]
 
 
 async def write_decisions(engine: AsyncEngine, decisions: Sequence[Decision],
@@ -40,7 +41,7 @@ async def write_decisions(engine: AsyncEngine, decisions: Sequence[Decision],
     new = 0
     async with engine.begin() as conn:
         if owned is not None:
-            mine = await owned(conn, {r["market"] for r in rows.values()})
+            mine = await owned(conn, [r["market"] for r in rows.values()])
             rows = {i: r for i, r in rows.items() if r["market"] in mine}
         for ids in _chunks(list(rows)):
             have = set((await conn.execute(select(T.c.id).where(T.c.id.in_(ids)))).scalars())

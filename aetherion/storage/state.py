@@ -6,7 +6,7 @@ Decisions and model versions live in the same database; their stages own their q
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -60,9 +60,11 @@ class StateStore:
             await conn.execute(self._set_fence, {"market": market, "owner": owner,
                                                  "token": token, "updated_at": _now_ms()})
 
-    async def owned(self, conn: AsyncConnection, markets: set[str]) -> set[str]:
-        """Of ``markets``, those whose rows ``conn``'s transaction may write (all of them
-        without a holder)."""
+    async def owned(self, conn: AsyncConnection, row_markets: Sequence[str]) -> set[str]:
+        """Of the markets of the rows about to be written (one entry a row), those whose rows
+        ``conn``'s transaction may write: all of them without a holder. The rows of the others
+        are counted in ``fenced``."""
+        markets = set(row_markets)
         if self.holder is None or not markets:
             return markets
         f = s.market_fences
@@ -73,12 +75,8 @@ class StateStore:
         for m in markets - mine:
             log.warning("state writes refused: the market is fenced for another holder",
                         market=m, fence=fences.get(m), ours=self.holder(m))
+        self.fenced += sum(m not in mine for m in row_markets)
         return mine
-
-    def _keep(self, rows: list[dict[str, Any]], mine: set[str]) -> list[dict[str, Any]]:
-        kept = [r for r in rows if r["market"] in mine]
-        self.fenced += len(rows) - len(kept)
-        return kept
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> StateStore:
@@ -122,7 +120,8 @@ class StateStore:
             "created_at": now,
         } for u in updates]
         async with self.engine.begin() as conn:
-            if rows := self._keep(rows, await self.owned(conn, {u.market for u in updates})):
+            mine = await self.owned(conn, [u.market for u in updates])
+            if rows := [r for r in rows if r["market"] in mine]:
                 await conn.execute(insert_ignore(self.engine, s.regime_state), rows)
 
     async def write_transitions(self, transitions: list[Transition]) -> None:
@@ -137,7 +136,8 @@ class StateStore:
             "created_at": now,
         } for t in transitions]
         async with self.engine.begin() as conn:
-            if rows := self._keep(rows, await self.owned(conn, {t.market for t in transitions})):
+            mine = await self.owned(conn, [t.market for t in transitions])
+            if rows := [r for r in rows if r["market"] in mine]:
                 await conn.execute(insert_ignore(self.engine, s.regime_transitions), rows)
 
     async def write_models(self, versions: list[ModelVersion]) -> None:
@@ -158,8 +158,8 @@ class StateStore:
         same = (t.c.trained_at, t.c.effective_from, t.c.status)
         q = select(*key, *same).where(tuple_(*key).in_([_model_key(r) for r in rows]))
         async with self.engine.begin() as conn:
-            mine = await self.owned(conn, {v.market for v in versions})
-            if not (rows := self._keep(rows, mine)):
+            mine = await self.owned(conn, [v.market for v in versions])
+            if not (rows := [r for r in rows if r["market"] in mine]):
                 return
             await conn.execute(insert_ignore(self.engine, t), rows)
             stored = {tuple(r[:3]): tuple(r[3:]) for r in await conn.execute(q)}

@@ -29,7 +29,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aetherion.config import Settings
 from aetherion.decision.model import Decision
@@ -80,13 +79,8 @@ def state_kinds(state: StateStore) -> Kinds:
     """What the state store takes through a writer. Decisions travel as dicts (their
     pydantic model's dump), so the journal keeps them as plain JSON."""
     async def decisions(rows: list[dict[str, object]]) -> None:
-        async def owned(conn: AsyncConnection, markets: set[str]) -> set[str]:
-            mine = await state.owned(conn, markets)
-            state.fenced += sum(r["market"] not in mine for r in rows)
-            return mine
-
         await write_decisions(state.engine, [Decision.model_validate(r) for r in rows],
-                              None if state.holder is None else owned)
+                              None if state.holder is None else state.owned)
 
     return {
         "models": (ModelVersion, state.write_models),
