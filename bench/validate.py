@@ -36,6 +36,7 @@ SPY = DATA / "us_equities" / "daily_spy.zip"
 STOCKS = DATA / "daily" / "stocks20_close_1990_2022.csv.gz"
 TICKERS = ("AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK",
            "MSFT", "PEP", "PFE", "PG", "RRC", "UNH", "WMT", "XOM")
+DERIVED = ("EW20", "SPY-C")
 SIM_BARS = 40_000
 
 
@@ -49,8 +50,32 @@ def _crisis_share(rows: list[dict[str, Any]], start: str, end: str) -> float | N
     return sum(r == "crisis" for r in sel) / len(sel) if sel else None
 
 
+def _derived(name: str, tmp: Path) -> Path:
+    """Series built from the shipped ones, to try the defaults beyond SPY and single stocks:
+    ``EW20``, an equal-weight index of the twenty stocks (rebalanced daily, closes only), and
+    ``SPY-C``, SPY's closes alone (as a close-only index or commodity comes)."""
+    import polars as pl
+
+    if name == "EW20":
+        wide = pl.read_csv(STOCKS, try_parse_dates=True)
+        rets = wide.select(pl.col(t).pct_change() for t in TICKERS)
+        mean = rets.select(pl.mean_horizontal(pl.all()).fill_null(0.0)).to_series()
+        df = pl.DataFrame({"Date": wide["Date"], name: (1.0 + mean).cum_prod() * 100.0})
+    else:
+        bars = load(SPY).frame
+        df = pl.DataFrame({"Date": pl.from_epoch(bars["ts"], "ms").dt.date(),
+                           name: bars["close"]})
+    out = tmp / f"{name}.csv"
+    df.write_csv(out)
+    return out
+
+
 def daily(name: str) -> dict[str, Any]:
-    loaded = load(SPY) if name == "SPY" else load(STOCKS, "candles", column=name)
+    if name in DERIVED:
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load(_derived(name, Path(tmp)), "candles", column=name)
+    else:
+        loaded = load(SPY) if name == "SPY" else load(STOCKS, "candles", column=name)
     t0 = time.perf_counter()
     res = replay(loaded, Settings(), name.lower())
     perf = performance(res.rows)
@@ -144,9 +169,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seeds", default="1,2", help="simulation seeds (empty: none)")
-    ap.add_argument("--only", help="daily series to run, e.g. SPY,AAPL (default: all 21)")
+    ap.add_argument("--only", help="daily series to run, e.g. SPY,EW20,AAPL (default: all 23)")
     a = ap.parse_args()
-    names = a.only.split(",") if a.only else ["SPY", *TICKERS]
+    names = a.only.split(",") if a.only else ["SPY", *DERIVED, *TICKERS]
     seeds = [int(s) for s in a.seeds.split(",") if s]
     jobs = [("sim", s) for s in seeds] + [("daily", n) for n in names]
     t0 = time.perf_counter()
