@@ -163,6 +163,12 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             result = _from_store(args, settings)
         else:
             loaded = load(args.input, args.kind, args.column, settings.replay_max_bytes)
+            if loaded.dropped:
+                import structlog
+
+                structlog.get_logger(__name__).warning(
+                    "close-only rows without a usable close dropped", file=str(args.input),
+                    rows=loaded.dropped)
             result = replay(loaded, settings, args.market, args.timeframe,
                             progress=sys.stderr.isatty())
     except InputError as e:

@@ -25,7 +25,9 @@ close. Features that need a range then use what the closes give: the true range 
 log range ``ln(high / low)`` is 0 on every bar — it carries no information there. ``column`` (the
 CLI's ``--column TICKER``) reads one column of a wide file of closes (a date column named
 ``Date``, ``date`` or ``ts``, then one column per ticker): the date becomes ``ts``, the ticker's
-values ``close``, and rows where that ticker is empty are dropped.
+values ``close``. In close-only data a row whose close is missing (empty, ``.``, ``NA``,
+``NaN``, ``null``...) or not above 0 (a futures price can go negative) is dropped and counted
+(``closes_dropped`` in the summary): such series mark holidays and gaps that way.
 
 Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
 carried to the output. Each row gets that candle's value, or for trades the value of the last
@@ -65,6 +67,7 @@ MAX_LINE = 1 << 20  # bytes in one CSV line; also the read chunk
 MAX_RATIO, RATIO_FROM = 100, 16 << 20  # an archive expanding more (past 16 MiB) is a bomb
 TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, ms
 PRICES = {"price", "open", "high", "low", "close"}
+MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-"]  # a close-only gap
 USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME}
 
 
@@ -79,6 +82,7 @@ class Loaded:
     unsorted: int = 0
     duplicates: int = 0
     source: str = "input"  # the file, for errors found later
+    dropped: int = 0  # close-only rows without a usable close (see ``_candle_frame``)
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -196,6 +200,11 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
         raise
     except Exception as e:  # polars raises several kinds for a corrupt file
         raise InputError(f"{path}: cannot parse ({_short(_first_line(e))})") from None
+    return _checked(path, df, kind, column)
+
+
+def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None) -> Loaded:
+    """The columns replay reads, parsed and checked, from a file's table."""
     if column is not None:
         if kind == "trades":
             raise InputError(f"{path}: --column reads candles (closes), not trades")
@@ -206,10 +215,21 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
     if kind is None:
         close_only = "close" in have and not have & {"price", "size"}
         kind = "candles" if set(CANDLE_COLUMNS) <= have or close_only else "trades"
-    cols = _trade_frame(path, df) if kind == "trades" else _candle_frame(path, df)
-    if TRUE_REGIME in have:
+    if kind == "trades":
+        return _finish(path, _with_truth(path, df, _trade_frame(path, df)), kind)
+    if "close" not in have or have & set(RANGE_COLUMNS):
+        return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)
+    keep = _usable_closes(df["close"])  # checked in place, so later errors keep their rows
+    df = df.with_columns(pl.when(keep).then("close").otherwise(
+        pl.lit(1).cast(df["close"].dtype)).alias("close"))
+    frame = _with_truth(path, df, _candle_frame(path, df)).filter(keep)
+    return _finish(path, frame, kind, dropped=len(df) - len(frame))
+
+
+def _with_truth(path: Path, df: pl.DataFrame, cols: dict[str, pl.Series]) -> pl.DataFrame:
+    if TRUE_REGIME in df.columns:
         cols[TRUE_REGIME] = _true_regimes(path, df[TRUE_REGIME])
-    return _finish(path, pl.DataFrame(cols), kind)
+    return pl.DataFrame(cols)
 
 
 def _parquet(path: Path, data: bytes, max_bytes: int) -> pl.DataFrame:
@@ -263,8 +283,22 @@ def _candle_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
     return cols
 
 
+def _usable_closes(s: pl.Series) -> pl.Series:
+    """Close-only series (free daily data) mark a day without a price as empty, ``.``, ``NA``
+    or ``NaN``, and some (futures, spreads) go to or below 0, where a log return has no
+    meaning: those rows are dropped and counted. Anything else that is not a number still stops
+    the replay."""
+    if s.dtype.is_numeric():
+        v = s.cast(pl.Float64)
+        return v.is_not_null() & v.is_finite() & (v > 0)
+    text = s.cast(pl.Utf8).str.strip_chars()
+    v = text.cast(pl.Float64, strict=False)
+    missing = s.is_null() | text.str.to_lowercase().is_in(MISSING)
+    return ~(missing | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
+
+
 def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``ts`` and ``close`` from a wide file's date column and ``column``, empty rows dropped."""
+    """``ts`` and ``close`` from a wide file's date column and ``column``."""
     date = next((c for c in df.columns if c.strip().lower() in DATE_COLUMNS), None)
     if date is None:
         raise InputError(f"{path}: --column needs a date column named Date, date or ts "
@@ -276,8 +310,7 @@ def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
         raise InputError(f"{path}: no column {_cut(column)} (available: {_names(tickers)})")
     out = df.select(pl.col(date).alias("ts"), pl.col(pick).alias("close"))
     _flat(path, out)
-    empty = out["close"].is_null() | (out["close"].cast(pl.Utf8).str.strip_chars() == "")
-    return out.filter(~empty)
+    return out
 
 
 def _true_regimes(path: Path, s: pl.Series) -> pl.Series:
@@ -383,7 +416,8 @@ def _lean_trades(path: Path, data: bytes) -> pl.DataFrame:
     })
 
 
-def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2) -> Loaded:
+def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2,
+            dropped: int = 0) -> Loaded:
     """Sorted by ``ts``, repeated trade ids dropped; ``first``: the file row of the first."""
     if df.is_empty():
         raise InputError(f"{path}: no rows")
@@ -401,4 +435,4 @@ def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2) -> Loaded:
         n = len(df)
         df = df.unique(subset="trade_id", keep="first", maintain_order=True)
         duplicates = n - len(df)
-    return Loaded(kind, df, unsorted, duplicates, str(path))
+    return Loaded(kind, df, unsorted, duplicates, str(path), dropped)

@@ -96,14 +96,15 @@ DAY = T0 - T0 % 86_400_000
     ("high.csv", _text(CANDLES + f"{NEXT},100,0,99,100\n"), "row 3, column high"),
     ("low.csv", _text(CANDLES + f"{NEXT},100,101,-99,100\n"), "row 3, column low"),
     ("close.csv", _text(CANDLES + f"{NEXT},100,101,99,nan\n"), "row 3, column close"),
-    ("closes.csv", _text(f"ts,close\n{DAY},1\n{DAY + 86_400_000},0\n"), "row 3, column close"),
+    ("closes.csv", _text(f"ts,close\n{DAY},1\n{DAY + 86_400_000},1O2\n"), "row 3, column close"),
+    ("closes.csv", _text(f"ts,close\n{DAY},.\n{DAY + 86_400_000},0\n"), "no rows"),
     ("spy_20131011_trade.csv", _text("34200000,1690000,100\n34200001,0,100\n"),  # Lean, headerless
      "row 2, column price"),
     ("long.csv", _text(TRADES + f"{T0 + 1},{'7' * 100_000}x,1\n"), "row 3, column price"),
 ], ids=["ts-beyond-64-bits", "ts-below-64-bits", "ts-arabic-indic-digits", "ts-beyond-year-9999",
         "parquet-list-column", "price-not-a-number", "price-zero", "price-negative", "price-inf",
         "price-nan", "open-negative", "high-zero", "low-negative", "close-nan",
-        "close-only-zero", "lean-trade-price-zero", "value-of-100k-chars"])
+        "close-only-letter-o", "close-only-all-dropped", "lean-trade-price-zero", "value-of-100k-chars"])
 def test_bad_replay_input_is_one_line(tmp_path: Path, name: str, write: Callable[[Path], None],
                                       expect: str) -> None:
     src = tmp_path / name
