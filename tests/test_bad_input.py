@@ -104,7 +104,8 @@ DAY = T0 - T0 % 86_400_000
 ], ids=["ts-beyond-64-bits", "ts-below-64-bits", "ts-arabic-indic-digits", "ts-beyond-year-9999",
         "parquet-list-column", "price-not-a-number", "price-zero", "price-negative", "price-inf",
         "price-nan", "open-negative", "high-zero", "low-negative", "close-nan",
-        "close-only-letter-o", "close-only-all-dropped", "lean-trade-price-zero", "value-of-100k-chars"])
+        "close-only-letter-o", "close-only-all-dropped", "lean-trade-price-zero",
+        "value-of-100k-chars"])
 def test_bad_replay_input_is_one_line(tmp_path: Path, name: str, write: Callable[[Path], None],
                                       expect: str) -> None:
     src = tmp_path / name

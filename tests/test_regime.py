@@ -99,7 +99,8 @@ def test_label_rule() -> None:
 
 def test_filter_equals_hmmlearn_predict_proba() -> None:
     obs = spy_obs(400)
-    res = fit(TrainRequest("spy", "1d", obs, RANGED, 0, 1, seed=3, restarts=2))
+    res = fit(TrainRequest("spy", "1d", obs, RANGED, 0, 1, seed=3, restarts=2, tail_nu=0))
+    assert res.params["tail_nu"] is None
     assert res.ok, res.reason
     model = RegimeModel(res.params)
     ref = GaussianHMM(n_components=4, covariance_type="full")
@@ -115,6 +116,44 @@ def test_filter_equals_hmmlearn_predict_proba() -> None:
         expected = ref.predict_proba(z[: t + 1])[-1]
         worst = max(worst, float(np.max(np.abs(np.exp(la) - expected))))
     assert worst < 1e-9, worst
+
+
+def test_student_t_filter_equals_a_forward_pass_of_scipy_densities() -> None:
+    """With tails (the default, 10 degrees of freedom) each state's density is the multivariate
+    Student-t of the fitted mean with the fitted covariance (scale = covariance x (nu - 2) /
+    nu); a bar without a range is read on the return's own t marginal. An outlier then weighs
+    less than under the Gaussian."""
+    from scipy.stats import multivariate_t, t
+
+    obs = spy_obs(400)
+    res = fit(TrainRequest("spy", "1d", obs, RANGED, 0, 1, seed=3))
+    assert res.ok and res.params["tail_nu"] == 10.0
+    model = RegimeModel(res.params)
+    nu = 10.0
+    shape = model.covars * (nu - 2) / nu
+    z = np.array([model.standardize(x) for x in obs])
+    alpha = None
+    la = None
+    worst = 0.0
+    for row in z:
+        if row[0] is None:
+            continue
+        dens = np.array([multivariate_t(model.means[k], shape[k], df=nu).pdf(row)
+                         for k in range(4)])
+        alpha = model.startprob * dens if alpha is None else (alpha @ model.transmat) * dens
+        alpha = alpha / alpha.sum()
+        la = model.filter_step(la, row)
+        worst = max(worst, float(np.max(np.abs(np.exp(la) - alpha))))
+    assert worst < 1e-9, worst
+    one = [model.log_emission([x, None]) for x in (0.5, -8.0)]
+    for x, got in zip((0.5, -8.0), one, strict=True):
+        want = [t.logpdf(x, nu, model.means[k][0], math.sqrt(shape[k][0][0])) for k in range(4)]
+        assert got == pytest.approx(want, abs=1e-9)
+    gauss = RegimeModel({**res.params, "tail_nu": None})
+    far = [-8.0, float(np.median(z[:, 1]))]
+    # an 8-sigma day: the Gaussian calm states call it all but impossible, the t ones do not
+    calm = [i for i, name in enumerate(model.labels) if name != "crisis"]
+    assert min(model.log_emission(far)[i] - gauss.log_emission(far)[i] for i in calm) > 5
 
 
 def test_fit_is_deterministic_and_rejects_degenerate_input() -> None:
@@ -348,9 +387,10 @@ def test_close_only_bars_fit_on_returns_and_a_missing_range_is_marginalized() ->
                                  extra={"log_range": 0.0}))
     (req,) = eng.training_due()
     assert req.inputs == ("log_return",)
-    ranged = fit(TrainRequest("m", "1m", calm_then_crash(3, 400, 0), RANGED, 0, 1))
+    ranged = fit(TrainRequest("m", "1m", calm_then_crash(3, 400, 0), RANGED, 0, 1, tail_nu=0))
     model = RegimeModel(ranged.params)
     # a bar without a range is filtered on its return alone: the 1-D marginal of each state
+    # (Gaussian here; the Student-t marginal in the test above)
     z = model.standardize((0.002, None))
     got = model.log_emission(z)
     for k, want in enumerate(got):

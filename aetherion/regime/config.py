@@ -31,6 +31,9 @@ class RegimeConfig(BaseModel):
     crisis_ratio: float = Field(
         default=2.0, gt=1.0, le=100.0,
         description="crisis: volatility at least this many times the long-run typical level")
+    tail_nu: float = Field(
+        default=10.0, ge=0.0, le=1e6,
+        description="Student-t degrees of freedom the filter reads each state with; 0: Gaussian")
     restarts: int = Field(default=1, ge=1, le=50, description="EM starts per fit")
     n_iter: int = Field(default=100, ge=5, le=10_000, description="EM iterations per start")
     seed: int = Field(default=7, description="random seed of the fits")
@@ -40,6 +43,13 @@ class RegimeConfig(BaseModel):
                    description="bars the new regime must hold the threshold for")
     weights: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description="timeframe:weight,...; unset: 1, 2, 3... by rank")
+
+    @field_validator("tail_nu")
+    @classmethod
+    def _check_tail_nu(cls, v: float) -> float:
+        if 0 < v <= 2:
+            raise ValueError("tail_nu must be 0 (Gaussian) or above 2 (a finite variance)")
+        return v
 
     @field_validator("weights", mode="before")
     @classmethod

@@ -89,6 +89,7 @@ class TrainRequest:
     stay_bars: float = 200.0
     stay_weight: float = 0.3
     crisis_ratio: float = 2.0
+    tail_nu: float = 10.0  # the filter reads each state with Student-t tails (0: Gaussian)
 
 
 @dataclass(frozen=True)
@@ -101,25 +102,39 @@ class FitResult:
 
 
 class _Density:
-    """log N(z; mean_k, covar_k) for every state as a quadratic in z: c_k + w_k . (z_i, z_i z_j)."""
+    """Log density of z under every state, from each state's squared Mahalanobis distance
+    Q_k(z) = q_k + w_k . (z_i, z_i z_j): Gaussian, or Student-t with ``nu`` degrees of freedom
+    and the same covariance (``nu`` None: Gaussian)."""
 
-    def __init__(self, means: F, covars: F) -> None:
+    def __init__(self, means: F, covars: F, nu: float | None = None) -> None:
         d = means.shape[1]
         self.pairs = [(i, j) for i in range(d) for j in range(i, d)]
-        prec = np.linalg.inv(covars)
-        logdet = np.linalg.slogdet(covars)[1]
-        self.const: list[float] = []
+        self.nu = nu
+        scale = covars if nu is None else covars * ((nu - 2.0) / nu)
+        prec = np.linalg.inv(scale)
+        logdet = np.linalg.slogdet(scale)[1]
+        if nu is None:
+            norm = -0.5 * d * math.log(2 * math.pi)
+        else:
+            norm = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2)
+                    - 0.5 * d * math.log(nu * math.pi))
+        self.const = [norm - 0.5 * float(ld) for ld in logdet]
+        self.q0: list[float] = []
         self.w: list[list[float]] = []
         for k in range(means.shape[0]):
             mu, pk = means[k], prec[k]
-            self.const.append(float(-0.5 * (d * math.log(2 * math.pi) + logdet[k]
-                                            + mu @ pk @ mu)))
-            self.w.append([float(x) for x in pk @ mu]
-                          + [-0.5 * float(pk[i, j]) * (1 if i == j else 2) for i, j in self.pairs])
+            self.q0.append(float(mu @ pk @ mu))
+            self.w.append([-2.0 * float(x) for x in pk @ mu]
+                          + [float(pk[i, j]) * (1 if i == j else 2) for i, j in self.pairs])
 
     def __call__(self, z: Sequence[float]) -> list[float]:
         terms = [*z, *(z[i] * z[j] for i, j in self.pairs)]
-        return [c + sum(map(mul, w, terms)) for c, w in zip(self.const, self.w, strict=True)]
+        q = [q0 + sum(map(mul, w, terms)) for q0, w in zip(self.q0, self.w, strict=True)]
+        if self.nu is None:
+            return [c - 0.5 * x for c, x in zip(self.const, q, strict=True)]
+        nu = self.nu
+        return [c - 0.5 * (nu + len(z)) * math.log1p(max(x, 0.0) / nu)
+                for c, x in zip(self.const, q, strict=True)]
 
 
 class RegimeModel:
@@ -140,8 +155,9 @@ class RegimeModel:
         self.covars = np.asarray(params["covars"])
         self.labels: list[str] = list(params["labels"])  # state index -> regime
         self._mean, self._std = self.mean.tolist(), self.std.tolist()
-        self._full = _Density(self.means, self.covars)
-        self._first = _Density(self.means[:, :1], self.covars[:, :1, :1])
+        nu = params.get("tail_nu")  # None in models stored before tails were read
+        self._full = _Density(self.means, self.covars, nu)
+        self._first = _Density(self.means[:, :1], self.covars[:, :1, :1], nu)
         self._log_start = [math.log(p) if p > 0 else -math.inf for p in self.startprob.tolist()]
         self._trans_cols = self.transmat.T.tolist()  # column j: P(state i -> j) for every i
 
@@ -295,6 +311,7 @@ def _params(m: Any, req: TrainRequest, loc: F, scale: F, n: int) -> dict[str, An
         "means": m.means_.tolist(), "covars": m.covars_.tolist(),
         "labels": label_states(m.means_, m.covars_, req.inputs, loc, scale, req.crisis_ratio),
         "stay_bars": req.stay_bars, "crisis_ratio": req.crisis_ratio, "window": n,
+        "tail_nu": req.tail_nu or None,
     }
 
 
