@@ -9,7 +9,12 @@ Oct-Nov 2008, in 2017 and overall. Simulations (`aetherion simulate`, 40,000 one
 each, replayed with `--kind candles --timeframe 1m`): accuracy of `regime_raw`, crisis precision
 and recall, and the expected calibration error of `confidence_raw` (10 bins).
 
-    .venv/bin/python bench/validate.py [--jobs 2] [--seeds 1,2,3] [--only SPY,AAPL]
+    .venv/bin/python bench/validate.py [--jobs 2] [--seeds 1,2,3] [--only SPY,AAPL] [--external]
+
+``--external`` adds daily series that are not shipped here, as an out-of-sample check (nothing
+was chosen on them): the NASDAQ Composite and the S&P 500 1999-2018 with OHLCV, and WTI crude
+oil's closes 1986-2019 (FRED), as bundled in the ``arch`` package's wheel (``make bench``
+installs it).
 
 The last line of stdout is the whole result as JSON.
 """
@@ -37,6 +42,7 @@ STOCKS = DATA / "daily" / "stocks20_close_1990_2022.csv.gz"
 TICKERS = ("AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK",
            "MSFT", "PEP", "PFE", "PG", "RRC", "UNH", "WMT", "XOM")
 DERIVED = ("EW20", "SPY-C")
+EXTERNAL = {"NASDAQ": "nasdaq", "SP500": "sp500", "WTI": "wti"}  # name: arch.data module
 SIM_BARS = 40_000
 
 
@@ -70,8 +76,33 @@ def _derived(name: str, tmp: Path) -> Path:
     return out
 
 
+def _external(name: str, tmp: Path) -> Path:
+    """One of arch's bundled data files in the replay's format (``ts`` ISO dates)."""
+    import importlib.util
+
+    import polars as pl
+
+    spec = importlib.util.find_spec("arch")  # located, not imported (arch pulls statsmodels)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("--external needs the arch package: make bench, or pip install arch")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / EXTERNAL[name]
+    raw = pl.read_csv(next(folder.glob("*.csv.gz")), infer_schema=False)
+    date = pl.col("Date").str.to_date("%m/%d/%Y").alias("ts")
+    if name == "WTI":
+        df = raw.select(date, pl.col("DCOILWTICO").alias("close"))
+    else:
+        df = raw.select(date, *(pl.col(c.title()).alias(c) for c in
+                                ("open", "high", "low", "close", "volume")))
+    out = tmp / f"{name}.csv"
+    df.write_csv(out)
+    return out
+
+
 def daily(name: str) -> dict[str, Any]:
-    if name in DERIVED:
+    if name in EXTERNAL:
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load(_external(name, Path(tmp)), "candles")
+    elif name in DERIVED:
         with tempfile.TemporaryDirectory() as tmp:
             loaded = load(_derived(name, Path(tmp)), "candles", column=name)
     else:
@@ -82,7 +113,7 @@ def daily(name: str) -> dict[str, Any]:
     books = {k: perf[k] for k in ("decisions", "buy_and_hold", "ma_filter")}
     return {
         "series": name, "kind": "daily", "bars": len(res.rows),
-        "ohlc": name == "SPY", "seconds": round(time.perf_counter() - t0, 1),
+        "ohlc": name in ("SPY", "NASDAQ", "SP500"), "seconds": round(time.perf_counter() - t0, 1),
         **{f"{k}_{m}": v[m] for k, v in books.items()
            for m in ("sharpe", "max_drawdown", "changes_per_year", "total_return",
                      "time_in_market")},
@@ -170,8 +201,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seeds", default="1,2", help="simulation seeds (empty: none)")
     ap.add_argument("--only", help="daily series to run, e.g. SPY,EW20,AAPL (default: all 23)")
+    ap.add_argument("--external", action="store_true",
+                    help="also NASDAQ, SP500 and WTI (not shipped; from the arch package)")
     a = ap.parse_args()
     names = a.only.split(",") if a.only else ["SPY", *DERIVED, *TICKERS]
+    if a.external and not a.only:
+        names += list(EXTERNAL)
     seeds = [int(s) for s in a.seeds.split(",") if s]
     jobs = [("sim", s) for s in seeds] + [("daily", n) for n in names]
     t0 = time.perf_counter()
