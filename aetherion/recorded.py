@@ -24,7 +24,9 @@ close. Features that need a range then use what the closes give: the true range 
 ``|close - previous close|`` (so the ATR is the mean absolute close-to-close move) and the one-bar
 log range ``ln(high / low)`` is 0 on every bar — it carries no information there. ``column`` (the
 CLI's ``--column TICKER``) reads one column of a wide file of closes (a date column named
-``Date``, ``date`` or ``ts``, then one column per ticker): the date becomes ``ts``, the ticker's
+``Date``, ``ts``, ``observation_date``, ``datetime``, ``timestamp`` or ``time``, any case, then
+one column per ticker; a file of a date column and one other needs no ``column``): the date
+becomes ``ts``, the ticker's
 values ``close``. In close-only data a row whose close is missing (empty, ``.``, ``NA``,
 ``NaN``, ``null``...) or not above 0 (a futures price can go negative) is dropped and counted
 (``closes_dropped`` in the summary): such series mark holidays and gaps that way.
@@ -60,7 +62,8 @@ __all__ = ["InputError", "Loaded", "load"]
 TRADE_COLUMNS = ("ts", "price", "size")
 CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 RANGE_COLUMNS = ("open", "high", "low")  # candles without them are close-only
-DATE_COLUMNS = ("date", "ts")  # the date column of a wide file (``column``)
+# the date column of a wide file (``column``), any case; FRED's downloads say observation_date
+DATE_COLUMNS = ("date", "ts", "observation_date", "datetime", "timestamp", "time")
 NEW_YORK = ZoneInfo("America/New_York")
 MAX_BYTES: int = Settings.model_fields["replay_max_bytes"].default
 MAX_LINE = 1 << 20  # bytes in one CSV line; also the read chunk
@@ -205,6 +208,8 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
 
 def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None) -> Loaded:
     """The columns replay reads, parsed and checked, from a file's table."""
+    if column is None and kind != "trades" and (single := _single_series(df)):
+        column = single
     if column is not None:
         if kind == "trades":
             raise InputError(f"{path}: --column reads candles (closes), not trades")
@@ -297,11 +302,21 @@ def _usable_closes(s: pl.Series) -> pl.Series:
     return ~(missing | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
 
 
+def _single_series(df: pl.DataFrame) -> str | None:
+    """The value column of a file of a date column and one other, the closes (a FRED download:
+    ``observation_date,DCOILWTICO``; ``Date,Close``), else None."""
+    names = [c.strip().lower() for c in df.columns]
+    if len(names) != 2 or names[0] not in DATE_COLUMNS or names[1] in USED - {"close"}:
+        return None
+    return str(df.columns[1])
+
+
 def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
     """``ts`` and ``close`` from a wide file's date column and ``column``."""
     date = next((c for c in df.columns if c.strip().lower() in DATE_COLUMNS), None)
     if date is None:
-        raise InputError(f"{path}: --column needs a date column named Date, date or ts "
+        raise InputError(f"{path}: --column needs a date column named Date, ts, "
+                         "observation_date, datetime, timestamp or time "
                          f"(has: {_names(df.columns)})")
     tickers = [c for c in df.columns if c != date]
     pick = next((c for c in tickers if c.strip() == column.strip()), None) or next(

@@ -202,7 +202,7 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
     0 (WTI, 20 April 2020): those rows are dropped and counted; a close that is not a number
     still stops the replay, at its own row."""
     marks = {30: ".", 31: "", 45: "NA", 46: "NaN", 60: "-36.98", 61: "0"}
-    lines = ["DATE,WTI"] + [f"2020-{1 + i // 28:02d}-{1 + i % 28:02d},"
+    lines = ["observation_date,WTI"] + [f"2020-{1 + i // 28:02d}-{1 + i % 28:02d},"
                             f"{marks.get(i, 20 + (i % 9) * 0.25)}" for i in range(250)]
     src = tmp_path / "fred.csv"
     src.write_text("\n".join(lines) + "\n")
@@ -213,6 +213,8 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
     assert "close-only rows without a usable close dropped" in r.stderr
     assert all(float(x["close"]) > 0 for x in rows)
     assert rows[30]["ts"] == "2020-02-05T00:00:00Z"  # rows 30 and 31 (02-03, 02-04) are gone
+    again = json.loads(run(src, "--regime-restarts", "1").stdout.strip().splitlines()[-1])
+    assert again["bars"] == len(rows)  # a date column and one other: no --column needed
     narrow = tmp_path / "narrow.csv"
     narrow.write_text("ts,close\n2020-04-17,18.27\n2020-04-20,-36.98\n2020-04-21,8.91\n"
                       "2020-04-22,.\n2020-04-23,abc\n")
