@@ -26,10 +26,10 @@ log range ``ln(high / low)`` is 0 on every bar — it carries no information the
 CLI's ``--column TICKER``) reads one column of a wide file of closes (a date column named
 ``Date``, ``ts``, ``observation_date``, ``datetime``, ``timestamp`` or ``time``, any case, then
 one column per ticker; a file of a date column and one other needs no ``column``): the date
-becomes ``ts``, the ticker's
-values ``close``. In close-only data a row whose close is missing (empty, ``.``, ``NA``,
-``NaN``, ``null``...) or not above 0 (a futures price can go negative) is dropped and counted
-(``closes_dropped`` in the summary): such series mark holidays and gaps that way.
+becomes ``ts``, the ticker's values ``close``. In close-only data a row whose close is missing
+(empty, ``.``, ``NA``, ``NaN``, ``null``...) or not above 0 (a futures price can go negative) is
+dropped and counted (``closes_dropped`` in the summary): such series mark holidays and gaps that
+way.
 
 Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
 carried to the output. Each row gets that candle's value, or for trades the value of the last
@@ -85,7 +85,7 @@ class Loaded:
     unsorted: int = 0
     duplicates: int = 0
     source: str = "input"  # the file, for errors found later
-    dropped: int = 0  # close-only rows without a usable close (see ``_candle_frame``)
+    dropped: int = 0  # close-only rows without a usable close (``_usable_closes``)
 
 
 # ---- reading --------------------------------------------------------------------------------

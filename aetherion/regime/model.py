@@ -15,7 +15,8 @@ training window holds no crisis. The emissions are fitted with the transitions f
 expected stay in a regime (``stay_bars``): learned together, EM spends the states on bar-to-bar
 noise (stays of two bars) instead of regimes; the transitions are then fitted to the data with the
 emissions fixed, shrunk towards that stay. Labels are read from the fitted states
-(``label_states``).
+(``label_states``). The filter reads each fitted state as a Student-t with ``tail_nu`` degrees of
+freedom and the same mean and covariance, so a single outlying bar is evidence, not proof.
 
 ``fit`` runs in a worker process: it takes and returns plain data (picklable, JSON-able).
 """
