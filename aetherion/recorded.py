@@ -2,7 +2,8 @@
 
 Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
 ``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close`` and optionally
-``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC. QuantConnect Lean /
+``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC (a column of epoch
+seconds, microseconds or nanoseconds is recognised by its range and converted). QuantConnect Lean /
 AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
 midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
 and counted; a repeated ``trade_id`` is dropped and counted.
@@ -48,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -367,16 +369,31 @@ def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) ->
 
 def _ts(path: Path, s: pl.Series) -> pl.Series:
     if s.dtype.is_integer():
-        parsed = s.cast(pl.Int64, strict=False)
+        parsed, numbers = s.cast(pl.Int64, strict=False), True
     else:
         text = s.cast(pl.Utf8).str.strip_chars()
         is_int = text.str.contains(r"^-?[0-9]+$")  # \d would take Arabic-Indic digits too
         iso = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="ms").dt.epoch("ms")
         parsed = pl.select(pl.when(is_int).then(text.cast(pl.Int64, strict=False))
                            .otherwise(iso)).to_series()
+        numbers = bool(is_int.all())
     if parsed.null_count():
         raise _bad_row(path, "ts", s, parsed)
-    return parsed.alias("ts")
+    return (_in_ms(parsed) if numbers and len(parsed) else parsed).alias("ts")
+
+
+def _in_ms(ts: pl.Series) -> pl.Series:
+    """Epoch numbers in milliseconds. A whole column of seconds (1973-5138: 1e8-1e11), of
+    microseconds (past year 9999 in ms, up to 1e17) or of nanoseconds (beyond) is converted;
+    anything else is taken as milliseconds (and checked for the years 1-9999 later)."""
+    lo, hi = cast(int, ts.min()), cast(int, ts.max())
+    if 10**8 <= lo and hi < 10**11:
+        return ts * 1000
+    if TS_MAX < lo and hi < 10**17:
+        return ts // 1000
+    if 10**17 <= lo:
+        return ts // 1_000_000
+    return ts
 
 
 def _sides(path: Path, s: pl.Series) -> pl.Series:

@@ -222,6 +222,25 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
     assert bad.returncode == 2 and "row 6, column close: cannot parse 'abc'" in bad.stderr
 
 
+@pytest.mark.parametrize("unit", [1, 1_000_000, 1_000_000_000], ids=["s", "us", "ns"])
+def test_epoch_seconds_micro_and_nanoseconds_are_read_as_such(tmp_path: Path, unit: int) -> None:
+    """A column of epoch seconds (or µs, ns) is recognised by its range: the same bars as the
+    same file in milliseconds. A column that is not all of one range stays milliseconds."""
+    t0 = 1_704_067_200  # 2024-01-01, seconds
+    rows = [(t0 + 60 * i, 100 + i % 3, 101 + i % 3, 99 + i % 3, 100.5 + i % 3) for i in range(5)]
+    got = {}
+    for name, scale in (("ms", 1000), ("other", unit)):
+        src = tmp_path / f"{name}.csv"
+        src.write_text("ts,open,high,low,close\n" + "".join(
+            f"{t * scale},{o},{h},{lo},{c}\n" for t, o, h, lo, c in rows))
+        got[name] = load(src).frame
+    assert got["other"].equals(got["ms"])
+    assert got["ms"]["ts"][0] == t0 * 1000
+    mixed = tmp_path / "mixed.csv"  # a second and a millisecond: left as milliseconds
+    mixed.write_text(f"ts,price,size\n{t0},1,1\n{t0 * 1000},1,1\n")
+    assert load(mixed).frame["ts"].to_list() == [t0, t0 * 1000]
+
+
 def test_shipped_wide_file_one_ticker() -> None:
     src = DATA / "daily" / "stocks20_close_1990_2022.csv.gz"
     got = load(src, column="AAPL")
