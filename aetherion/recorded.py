@@ -3,7 +3,8 @@
 Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
 ``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close`` and optionally
 ``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC (a column of epoch
-seconds, microseconds or nanoseconds is recognised by its range and converted). QuantConnect Lean /
+seconds, microseconds or nanoseconds is recognised by its range and converted); without a ``ts``
+column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. QuantConnect Lean /
 AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
 midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
 and counted; a repeated ``trade_id`` is dropped and counted.
@@ -217,6 +218,9 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
             raise InputError(f"{path}: --column reads candles (closes), not trades")
         df, kind = _one_column(path, df, column), "candles"
     df = df.rename({c: c.strip().lower() for c in df.columns})
+    dates = [c for c in df.columns if c in DATE_COLUMNS]
+    if "ts" not in df.columns and len(dates) == 1:  # not Date and Time in two columns
+        df = df.rename({dates[0]: "ts"})  # Yahoo's Date,Open,High,Low,Close,Adj Close,Volume
     _flat(path, df)
     have = set(df.columns)
     if kind is None:

@@ -236,6 +236,10 @@ def test_epoch_seconds_micro_and_nanoseconds_are_read_as_such(tmp_path: Path, un
         got[name] = load(src).frame
     assert got["other"].equals(got["ms"])
     assert got["ms"]["ts"][0] == t0 * 1000
+    yahoo = tmp_path / "yahoo.csv"  # its date column, another name for ts
+    yahoo.write_text("Date,Open,High,Low,Close,Adj Close,Volume\n" + "".join(
+        f"{t * 1000},{o},{h},{lo},{c},{c},10\n" for t, o, h, lo, c in rows))
+    assert load(yahoo).frame.drop("volume").equals(got["ms"].drop("volume"))
     mixed = tmp_path / "mixed.csv"  # a second and a millisecond: left as milliseconds
     mixed.write_text(f"ts,price,size\n{t0},1,1\n{t0 * 1000},1,1\n")
     assert load(mixed).frame["ts"].to_list() == [t0, t0 * 1000]
