@@ -211,8 +211,6 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
 
 def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None) -> Loaded:
     """The columns replay reads, parsed and checked, from a file's table."""
-    if column is None and kind != "trades" and (single := _single_series(df)):
-        column = single
     if column is not None:
         if kind == "trades":
             raise InputError(f"{path}: --column reads candles (closes), not trades")
@@ -221,6 +219,9 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
     dates = [c for c in df.columns if c in DATE_COLUMNS]
     if "ts" not in df.columns and len(dates) == 1:  # not Date and Time in two columns
         df = df.rename({dates[0]: "ts"})  # Yahoo's Date,Open,High,Low,Close,Adj Close,Volume
+    if kind != "trades" and df.columns[0] == "ts" and len(df.columns) == 2 \
+            and df.columns[1] not in USED:  # one series of closes: FRED's observation_date,WTI
+        df = df.rename({df.columns[1]: "close"})
     _flat(path, df)
     have = set(df.columns)
     if kind is None:
@@ -306,15 +307,6 @@ def _usable_closes(s: pl.Series) -> pl.Series:
     v = text.cast(pl.Float64, strict=False)
     missing = s.is_null() | text.str.to_lowercase().is_in(MISSING)
     return ~(missing | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
-
-
-def _single_series(df: pl.DataFrame) -> str | None:
-    """The value column of a file of a date column and one other, the closes (a FRED download:
-    ``observation_date,DCOILWTICO``; ``Date,Close``), else None."""
-    names = [c.strip().lower() for c in df.columns]
-    if len(names) != 2 or names[0] not in DATE_COLUMNS or names[1] in USED - {"close"}:
-        return None
-    return str(df.columns[1])
 
 
 def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:

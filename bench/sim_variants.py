@@ -78,17 +78,15 @@ def _use(params: tuple[Any, ...] | None, edges: bool) -> None:
         sm.SimulatedMarket._stays_forward = on_edges  # type: ignore[method-assign]
 
 
-def _scores(pred: Any, truth: Any, conf: Any) -> dict[str, float]:
-    ok = pred == truth
-    bins = np.minimum((conf * 10).astype(int), 9)
-    ece = sum(abs(ok[bins == b].sum() - conf[bins == b].sum()) for b in range(10)) / len(ok)
-    crisis = REGIMES.index("crisis")
-    return {"accuracy": float(ok.mean()), "ece": float(ece),
-            "crisis_precision": float((truth[pred == crisis] == crisis).mean()),
-            "crisis_recall": float((pred[truth == crisis] == crisis).mean())}
+def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, ECE and crisis precision / recall, by the replay summary's own scoring."""
+    c = classification(rows) or {}
+    crisis = c.get("per_regime", {}).get("crisis", {})
+    return {"accuracy": c.get("accuracy"), "ece": c.get("ece"),
+            "crisis_precision": crisis.get("precision"), "crisis_recall": crisis.get("recall")}
 
 
-def ideal(df: pl.DataFrame) -> dict[str, float]:
+def ideal(df: pl.DataFrame) -> dict[str, Any]:
     """The forward filter with the true parameters (first half) scored on the second half."""
     from scipy.stats import multivariate_normal
 
@@ -106,13 +104,13 @@ def ideal(df: pl.DataFrame) -> dict[str, float]:
                             np.cov(x[:half][state[:half] == s].T)).logpdf(x[half:])
         for s in range(k)])
     alpha = np.full(k, 1.0 / k)
-    pred, conf = [], []
-    for row in logd:
+    rows = []
+    for row, truth in zip(logd, state[half:], strict=True):
         alpha = (alpha @ trans) * np.exp(row - row.max())
         alpha /= alpha.sum()
-        pred.append(int(alpha.argmax()))
-        conf.append(float(alpha.max()))
-    return _scores(np.array(pred), state[half:], np.array(conf))
+        rows.append({"regime_raw": REGIMES[int(alpha.argmax())],
+                     "confidence_raw": float(alpha.max()), "true_regime": REGIMES[truth]})
+    return _scores(rows)
 
 
 def run(job: tuple[str, int]) -> dict[str, Any]:
@@ -125,11 +123,8 @@ def run(job: tuple[str, int]) -> dict[str, Any]:
         df = pl.read_parquet(path)
         loaded = load(path, "candles")
     res = replay(loaded, Settings(), "sim", "1m")
-    c = classification(res.rows) or {}
-    crisis = c.get("per_regime", {}).get("crisis", {})
-    model = {"accuracy": c.get("accuracy"), "ece": c.get("ece"),
-             "crisis_precision": crisis.get("precision"), "crisis_recall": crisis.get("recall")}
-    return {"variant": name, "what": what, "seed": seed, "model": model, "ideal": ideal(df)}
+    return {"variant": name, "what": what, "seed": seed, "model": _scores(res.rows),
+            "ideal": ideal(df)}
 
 
 def main() -> None:

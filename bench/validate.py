@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from aetherion.config import Settings
 from aetherion.replay import load, replay
 from aetherion.report import classification, performance
@@ -56,31 +58,21 @@ def _crisis_share(rows: list[dict[str, Any]], start: str, end: str) -> float | N
     return sum(r == "crisis" for r in sel) / len(sel) if sel else None
 
 
-def _derived(name: str, tmp: Path) -> Path:
+def _derived(name: str) -> pl.DataFrame:
     """Series built from the shipped ones, to try the defaults beyond SPY and single stocks:
     ``EW20``, an equal-weight index of the twenty stocks (rebalanced daily, closes only), and
     ``SPY-C``, SPY's closes alone (as a close-only index or commodity comes)."""
-    import polars as pl
-
     if name == "EW20":
         wide = pl.read_csv(STOCKS, try_parse_dates=True)
         rets = wide.select(pl.col(t).pct_change() for t in TICKERS)
         mean = rets.select(pl.mean_horizontal(pl.all()).fill_null(0.0)).to_series()
-        df = pl.DataFrame({"Date": wide["Date"], name: (1.0 + mean).cum_prod() * 100.0})
-    else:
-        bars = load(SPY).frame
-        df = pl.DataFrame({"Date": pl.from_epoch(bars["ts"], "ms").dt.date(),
-                           name: bars["close"]})
-    out = tmp / f"{name}.csv"
-    df.write_csv(out)
-    return out
+        return pl.DataFrame({"ts": wide["Date"], "close": (1.0 + mean).cum_prod() * 100.0})
+    return load(SPY).frame.select("ts", "close")
 
 
-def _external(name: str, tmp: Path) -> Path:
-    """One of arch's bundled data files in the replay's format (``ts`` ISO dates)."""
+def _external(name: str) -> pl.DataFrame:
+    """One of arch's bundled data files in the replay's columns (its dates are m/d/Y)."""
     import importlib.util
-
-    import polars as pl
 
     spec = importlib.util.find_spec("arch")  # located, not imported (arch pulls statsmodels)
     if spec is None or not spec.submodule_search_locations:
@@ -89,22 +81,17 @@ def _external(name: str, tmp: Path) -> Path:
     raw = pl.read_csv(next(folder.glob("*.csv.gz")), infer_schema=False)
     date = pl.col("Date").str.to_date("%m/%d/%Y").alias("ts")
     if name == "WTI":
-        df = raw.select(date, pl.col("DCOILWTICO").alias("close"))
-    else:
-        df = raw.select(date, *(pl.col(c.title()).alias(c) for c in
-                                ("open", "high", "low", "close", "volume")))
-    out = tmp / f"{name}.csv"
-    df.write_csv(out)
-    return out
+        return raw.select(date, pl.col("DCOILWTICO").alias("close"))
+    return raw.select(date, *(pl.col(c.title()).alias(c) for c in
+                              ("open", "high", "low", "close", "volume")))
 
 
 def daily(name: str) -> dict[str, Any]:
-    if name in EXTERNAL:
+    if name in EXTERNAL or name in DERIVED:  # through a file, as a user would replay it
         with tempfile.TemporaryDirectory() as tmp:
-            loaded = load(_external(name, Path(tmp)), "candles")
-    elif name in DERIVED:
-        with tempfile.TemporaryDirectory() as tmp:
-            loaded = load(_derived(name, Path(tmp)), "candles", column=name)
+            path = Path(tmp) / f"{name}.csv"
+            (_external(name) if name in EXTERNAL else _derived(name)).write_csv(path)
+            loaded = load(path, "candles")
     else:
         loaded = load(SPY) if name == "SPY" else load(STOCKS, "candles", column=name)
     t0 = time.perf_counter()
@@ -113,7 +100,8 @@ def daily(name: str) -> dict[str, Any]:
     books = {k: perf[k] for k in ("decisions", "buy_and_hold", "ma_filter")}
     return {
         "series": name, "kind": "daily", "bars": len(res.rows),
-        "ohlc": name in ("SPY", "NASDAQ", "SP500"), "seconds": round(time.perf_counter() - t0, 1),
+        "ohlc": bool((loaded.frame["high"] != loaded.frame["low"]).any()),
+        "seconds": round(time.perf_counter() - t0, 1),
         **{f"{k}_{m}": v[m] for k, v in books.items()
            for m in ("sharpe", "max_drawdown", "changes_per_year", "total_return",
                      "time_in_market")},
