@@ -9,6 +9,7 @@ them. Run: ``.venv/bin/python bench/close_latency.py``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -68,6 +69,8 @@ def close_latency() -> tuple[float, float, int]:
     start = 1_700_000_000_000
     pipe.warm({tf: sim.history(tf, 600, start) for tf in ("1s", "5s")})
     install()
+    gc.collect()  # as the server does once started (aetherion/pipeline/runtime.py)
+    gc.freeze()
     lat = []
     t = start
     for _ in range(3000):  # 1 s of trades per step; the first trade of a second closes a bar

@@ -34,6 +34,9 @@ class RegimeConfig(BaseModel):
     tail_nu: float = Field(
         default=10.0, ge=0.0, le=1e6,
         description="Student-t degrees of freedom the filter reads each state with; 0: Gaussian")
+    temper_floor: float = Field(
+        default=0.4, gt=0.0, le=1.0,
+        description="least weight the filter gives the evidence between calm states; 1: full")
     restarts: int = Field(default=1, ge=1, le=50, description="EM starts per fit")
     n_iter: int = Field(default=100, ge=5, le=10_000, description="EM iterations per start")
     seed: int = Field(default=7, description="random seed of the fits")

@@ -179,7 +179,7 @@ class RegimeEngine:
         obs = [v[:len(inputs)] for _, v in rows]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
                             s.seed, s.restarts, s.n_iter, s.window,
-                            s.stay_bars, s.stay_weight, s.crisis_ratio, s.tail_nu)
+                            s.stay_bars, s.stay_weight, s.crisis_ratio, s.tail_nu, s.temper_floor)
 
     def training_due(self) -> list[TrainRequest]:
         """Requests for every timeframe due a fit (asked after the close's decision)."""

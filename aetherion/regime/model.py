@@ -16,7 +16,10 @@ expected stay in a regime (``stay_bars``): learned together, EM spends the state
 noise (stays of two bars) instead of regimes; the transitions are then fitted to the data with the
 emissions fixed, shrunk towards that stay. Labels are read from the fitted states
 (``label_states``). The filter reads each fitted state as a Student-t with ``tail_nu`` degrees of
-freedom and the same mean and covariance, so a single outlying bar is evidence, not proof.
+freedom and the same mean and covariance, so a single outlying bar is evidence, not proof, and
+weighs the evidence between calm states by a temper chosen at each fit (``_temper``): fitted
+states that differ by a small drift are further apart than the market's, and taken at their word
+they make the filter sure of the wrong state.
 
 ``fit`` runs in a worker process: it takes and returns plain data (picklable, JSON-able).
 """
@@ -28,7 +31,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import add, mul
+from operator import mul
 from typing import Any
 
 import numpy as np
@@ -91,6 +94,7 @@ class TrainRequest:
     stay_weight: float = 0.3
     crisis_ratio: float = 2.0
     tail_nu: float = 10.0  # the filter reads each state with Student-t tails (0: Gaussian)
+    temper_floor: float = 0.4  # least weight of the evidence between calm states (1: full)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,16 @@ class _Density:
             self.w.append([-2.0 * float(x) for x in pk @ mu]
                           + [float(pk[i, j]) * (1 if i == j else 2) for i, j in self.pairs])
 
+    def batch(self, z: F) -> F:
+        """``self(row)`` for every row of z, as an (n, states) array."""
+        terms = np.column_stack([z, *(z[:, i] * z[:, j] for i, j in self.pairs)])
+        q: F = np.asarray(self.q0) + terms @ np.asarray(self.w).T
+        const: F = np.asarray(self.const)
+        if self.nu is None:
+            return const - 0.5 * q
+        out: F = const - 0.5 * (self.nu + z.shape[1]) * np.log1p(np.maximum(q, 0.0) / self.nu)
+        return out
+
     def __call__(self, z: Sequence[float]) -> list[float]:
         terms = [*z, *(z[i] * z[j] for i, j in self.pairs)]
         q = [q0 + sum(map(mul, w, terms)) for q0, w in zip(self.q0, self.w, strict=True)]
@@ -157,9 +171,13 @@ class RegimeModel:
         self.labels: list[str] = list(params["labels"])  # state index -> regime
         self._mean, self._std = self.mean.tolist(), self.std.tolist()
         nu = params.get("tail_nu")  # None in models stored before tails were read
+        self.temper = float(params.get("temper") or 1.0)
+        self._calm = [i for i, name in enumerate(self.labels) if name != "crisis"]
+        if not self._calm:
+            self.temper = 1.0
         self._full = _Density(self.means, self.covars, nu)
         self._first = _Density(self.means[:, :1], self.covars[:, :1, :1], nu)
-        self._log_start = [math.log(p) if p > 0 else -math.inf for p in self.startprob.tolist()]
+        self._start = self.startprob.tolist()
         self._trans_cols = self.transmat.T.tolist()  # column j: P(state i -> j) for every i
 
     def standardize(self, x: Sequence[float | None]) -> list[float | None]:
@@ -177,16 +195,34 @@ class RegimeModel:
         """One forward-filter step, O(states²); takes and returns normalized log alpha."""
         e = self.log_emission(z)
         if log_alpha is None:
-            a = list(map(add, self._log_start, e))
+            pred = self._start
         else:
             p = list(map(math.exp, log_alpha))  # normalized: no overflow, nothing lost
-            a = []
-            for col, x in zip(self._trans_cols, e, strict=True):
-                pred = sum(map(mul, p, col))
-                a.append(math.log(pred) + x if pred > 0 else -math.inf)
+            pred = [sum(map(mul, p, col)) for col in self._trans_cols]
+        if self.temper != 1.0:
+            e = self._tempered(e, pred)
+        a = [math.log(q) + x if q > 0 else -math.inf for q, x in zip(pred, e, strict=True)]
         top = max(a)
         total = top + math.log(sum(math.exp(v - top) for v in a))
         return [v - total for v in a]
+
+    def _tempered(self, e: list[float], pred: list[float]) -> list[float]:
+        """The log densities with the calm states' differences weighed by ``temper`` (their
+        likelihoods raised to it), rescaled so that given ``pred`` the calm states together
+        explain the bar exactly as much as before: crisis against calm is weighed in full."""
+        t, calm = self.temper, self._calm
+        m = max(e[i] for i in calm)
+        full = soft = 0.0
+        for i in calm:
+            full += pred[i] * math.exp(e[i] - m)
+            soft += pred[i] * math.exp(t * (e[i] - m))
+        if not full > 0 or not soft > 0:
+            return e
+        shift = m + math.log(full / soft)
+        out = list(e)
+        for i in calm:
+            out[i] = shift + t * (e[i] - m)
+        return out
 
     def regime_probs(self, log_alpha: list[float]) -> dict[str, float]:
         out = dict.fromkeys(REGIMES, 0.0)
@@ -301,7 +337,48 @@ def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # the class
         return FitResult(req, False, why, _params(bad, req, loc, scale, len(z)) if finite else {},
                          float(bad.score_) if finite and math.isfinite(bad.score_) else None)
     _anchor_crisis(best, req)
-    return FitResult(req, True, "ok", _params(best, req, loc, scale, len(z)), float(best.score_))
+    params = _params(best, req, loc, scale, len(z))
+    params["temper"] = _temper(params, z, req.temper_floor)
+    return FitResult(req, True, "ok", params, float(best.score_))
+
+
+TEMPERS = (1.0, 0.85, 0.7, 0.55, 0.4)  # the weights of the calm states' evidence tried
+TEMPER_BARS = 1000  # the choice is scored on the window's newest bars (the whole window: the same)
+
+
+def _temper(params: dict[str, Any], z: F, floor: float) -> float:
+    """The weight the filter gives the evidence between calm states: of ``TEMPERS`` at least
+    ``floor``, the one whose filter best predicts each next bar of the window's newest
+    ``TEMPER_BARS`` (the sum of log p(x_t | x_1..t-1), which needs no labels). Fitted states
+    that differ by a small drift come out further apart than they are, and a filter that takes
+    them at their word is sure of the wrong state; one that weighs that evidence less predicts
+    the next bar better.
+    Crisis against calm keeps its full weight (``RegimeModel._tempered``)."""
+    calm = np.array([name != "crisis" for name in params["labels"]])
+    grid = [t for t in TEMPERS if t >= floor]
+    if len(grid) < 2 or not calm.any():
+        return 1.0
+    z = z[-TEMPER_BARS:]
+    dens = _Density(np.asarray(params["means"]), np.asarray(params["covars"]), params["tail_nu"])
+    e = dens.batch(z)
+    top = e.max(axis=1, keepdims=True)
+    top_calm = e[:, calm].max(axis=1, keepdims=True)
+    lik = np.exp(e - top)
+    hard, rest = lik * calm, lik * ~calm
+    t = np.asarray(grid)[:, None]
+    soft = np.where(calm, np.exp(t[None] * (e - top_calm)[:, None, :] + (top_calm - top)[:, None]),
+                    0.0)
+    trans = np.asarray(params["transmat"])
+    alpha = np.tile(np.asarray(params["startprob"]), (len(grid), 1))
+    score = np.zeros(len(grid))
+    for row, h, s, c in zip(lik, hard, soft, rest, strict=True):
+        pred = alpha @ trans
+        score += np.log(pred @ row)
+        den = np.einsum("gk,gk->g", pred, s)
+        scale = np.divide(pred @ h, den, out=np.zeros_like(den), where=den > 0)
+        a = pred * (s * scale[:, None] + c)
+        alpha = a / a.sum(axis=1, keepdims=True)
+    return grid[int(np.argmax(score))]
 
 
 def _params(m: Any, req: TrainRequest, loc: F, scale: F, n: int) -> dict[str, Any]:
