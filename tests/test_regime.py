@@ -302,14 +302,15 @@ def test_fusion_weights_and_transition() -> None:
     eng = RegimeEngine("m", ["1m", "5m"], s.regime)
     up, t = eng.fuse(60_000)
     assert up.regime == "unknown" and up.confidence == 0.0 and t is None
-    eng.tracks["1m"].probs = p(bear=1.0)
-    eng.tracks["5m"].probs = p(bull=0.9, bear=0.1)
+    eng.tracks["1m"].probs = p(bull=0.9, bear=0.1)
+    eng.tracks["5m"].probs = p(bear=1.0)
     for close in (120_000, 180_000):
         up, t = eng.fuse(close)
-    # weights 1 and 2 by rank: bull = 2*0.9/3 = 0.6, bear = (1 + 0.2)/3 = 0.4
+    # the finest weighs most, 2 and 1: bull = 2*0.9/3 = 0.6, bear = (0.2 + 1)/3 = 0.4
     assert up.probs["bull"] == pytest.approx(0.6) and up.probs["bear"] == pytest.approx(0.4)
     assert up.contributions is not None
-    assert up.contributions["5m"]["weight"] == pytest.approx(2 / 3)
+    assert up.contributions["1m"]["weight"] == pytest.approx(2 / 3)
+    assert s.regime.weight("1h", ["1m", "5m", "15m", "1h"]) == 1.0
     assert up.regime == "bull" and up.strategy == "trend_long" and t is not None
     assert (t.from_regime, t.to_regime, t.to_strategy) == ("unknown", "bull", "trend_long")
     assert "bull held" in t.cause
@@ -332,9 +333,9 @@ def test_confidence_raw_is_the_probability_of_the_raw_regime() -> None:
     for close in (120_000, 180_000):
         up, _ = eng.fuse(close)
     assert up.regime == up.regime_raw == "bull"
-    # the raw fused label moves before the stable one: bear = (1 + 2*0.7)/3 = 0.8, bull 0.2
-    t.probs = p(bear=1.0)
-    eng.tracks["5m"].probs = p(bull=0.3, bear=0.7)
+    # the raw fused label moves before the stable one: bear = (2*0.7 + 1)/3 = 0.8, bull 0.2
+    t.probs = p(bull=0.3, bear=0.7)
+    eng.tracks["5m"].probs = p(bear=1.0)
     up, _ = eng.fuse(240_000)
     assert (up.regime, up.regime_raw) == ("bull", "bear")
     assert up.confidence == pytest.approx(0.2) and up.confidence_raw == pytest.approx(0.8)

@@ -45,7 +45,8 @@ class RegimeConfig(BaseModel):
     k: int = Field(default=3, ge=1, le=1000,
                    description="bars the new regime must hold the threshold for")
     weights: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=dict, description="timeframe:weight,...; unset: 1, 2, 3... by rank")
+        default_factory=dict,
+        description="timeframe:weight,...; unset: the finest n, the next n - 1, ... the coarsest 1")
 
     @field_validator("tail_nu")
     @classmethod
@@ -73,7 +74,10 @@ class RegimeConfig(BaseModel):
         return out
 
     def weight(self, timeframe: str, timeframes: Sequence[str]) -> float:
-        """Fusion weight of a timeframe: configured, else its rank (1 for the finest)."""
+        """Fusion weight of a timeframe: configured, else the finest weighs most (n for the
+        finest of n, 1 for the coarsest): a coarser timeframe's last closed bar is older and
+        spans several of the deciding timeframe's bars, so it lags a regime that changes
+        between them (docs/regime.md)."""
         if self.weights:
             return self.weights.get(timeframe, 0.0)
-        return float(list(timeframes).index(timeframe) + 1)
+        return float(len(timeframes) - list(timeframes).index(timeframe))
