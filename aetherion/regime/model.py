@@ -352,8 +352,9 @@ def _temper(params: dict[str, Any], z: F, floor: float) -> float:
     ``TEMPER_BARS`` (the sum of log p(x_t | x_1..t-1), which needs no labels). Fitted states
     that differ by a small drift come out further apart than they are, and a filter that takes
     them at their word is sure of the wrong state; one that weighs that evidence less predicts
-    the next bar better.
-    Crisis against calm keeps its full weight (``RegimeModel._tempered``)."""
+    the next bar better. Crisis against calm keeps its full weight (``RegimeModel._tempered``);
+    the recursion is ``RegimeModel.filter_step`` for every temper at once, in numpy (the tests
+    check the two agree)."""
     calm = np.array([name != "crisis" for name in params["labels"]])
     grid = [t for t in TEMPERS if t >= floor]
     if len(grid) < 2 or not calm.any():
