@@ -50,6 +50,16 @@ async def test_members_come_and_go(nc: Client, bucket: str) -> None:
     assert [(m.id, m.markets) for m in await one.members()] == [("i1", ("spy",))]
 
 
+async def test_a_heartbeat_is_listed_as_soon_as_it_is_written(nc: Client, bucket: str) -> None:
+    # The listing once came from a KV watcher that could end its replay early and list none.
+    js = nc.jetstream()
+    beats = [await Membership.open(js, f"i{i}", 5.0, bucket=bucket) for i in range(3)]
+    for round_ in range(60):
+        await asyncio.gather(*(b.heartbeat([f"m{round_}"]) for b in beats))
+        assert [(m.id, m.markets) for m in await beats[round_ % 3].members()] == [
+            (f"i{i}", (f"m{round_}",)) for i in range(3)]
+
+
 async def test_a_stale_heartbeat_is_not_a_member(nc: Client, bucket: str) -> None:
     js = nc.jetstream()
     me = await Membership.open(js, "i1", 5.0, bucket=bucket)

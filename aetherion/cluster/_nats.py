@@ -22,7 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
-__all__ = ["TRANSIENT", "ClusterError", "NatsUnavailable", "connect", "open_bucket"]
+__all__ = ["TRANSIENT", "ClusterError", "NatsUnavailable", "bucket_keys", "connect", "open_bucket"]
 
 log = structlog.get_logger(__name__)
 
@@ -100,3 +100,15 @@ async def open_bucket(js: JetStreamContext, bucket: str, ttl_s: float, descripti
         log.warning("kv bucket ttl differs from the configured one; using the bucket's",
                     bucket=bucket, bucket_ttl_s=ttl, configured_ttl_s=ttl_s)
     return kv, ttl
+
+
+async def bucket_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys in KV ``bucket``, from its stream's per-subject counts in one request.
+
+    A deleted key still has its delete marker, so it is listed; reading it finds no key.
+    Not ``KeyValue.keys()``: its watcher can end the initial replay early and return too few
+    keys, or none (nats.py issue 842), which made a fresh lease or heartbeat look absent.
+    """
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return [s.removeprefix(prefix) for s in info.state.subjects or {}]

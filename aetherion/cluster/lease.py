@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from aetherion.cluster._nats import TRANSIENT, open_bucket
+from aetherion.cluster._nats import TRANSIENT, bucket_keys, open_bucket
 from aetherion.cluster.keys import decode_token, encode_token
 
 __all__ = ["BUCKET", "Lease", "LeaseManager", "Owner"]
@@ -109,8 +109,9 @@ def _now_ms() -> int:
 class LeaseManager:
     """Acquires, renews and releases this instance's market leases. Use :meth:`open`."""
 
-    def __init__(self, kv: KeyValue, instance_id: str, ttl_s: float, margin_s: float) -> None:
-        self._kv = kv
+    def __init__(self, js: JetStreamContext, bucket: str, kv: KeyValue, instance_id: str,
+                 ttl_s: float, margin_s: float) -> None:
+        self._js, self._bucket, self._kv = js, bucket, kv
         self.instance_id = instance_id
         self.ttl_s = ttl_s
         self.margin_s = margin_s
@@ -125,7 +126,7 @@ class LeaseManager:
         margin = ttl / 5 if margin_s is None else margin_s
         if not 0 < margin < ttl:
             raise ValueError(f"margin_s must be within (0, ttl = {ttl:g} s)")
-        return cls(kv, instance_id, ttl, margin)
+        return cls(js, bucket, kv, instance_id, ttl, margin)
 
     @property
     def renew_every_s(self) -> float:
@@ -216,10 +217,7 @@ class LeaseManager:
 
     async def owners(self) -> dict[str, Owner]:
         """Every held market and its owner, read from the bucket."""
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return {}
+        keys = await bucket_keys(self._js, self._bucket)
         entries = await asyncio.gather(*(self._get(k) for k in keys))
         out: dict[str, Owner] = {}
         for key, entry in zip(keys, entries, strict=True):

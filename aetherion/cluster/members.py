@@ -19,10 +19,10 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from aetherion.cluster._nats import open_bucket
+from aetherion.cluster._nats import bucket_keys, open_bucket
 from aetherion.cluster.keys import encode_token
 
 __all__ = ["BUCKET", "Member", "Membership"]
@@ -49,9 +49,9 @@ def _now_ms() -> int:
 class Membership:
     """This instance's heartbeat and the list of live instances. Use :meth:`open`."""
 
-    def __init__(self, kv: KeyValue, instance_id: str, ttl_s: float,
-                 api_url: str | None) -> None:
-        self._kv = kv
+    def __init__(self, js: JetStreamContext, bucket: str, kv: KeyValue, instance_id: str,
+                 ttl_s: float, api_url: str | None) -> None:
+        self._js, self._bucket, self._kv = js, bucket, kv
         self.instance_id = instance_id
         self.ttl_s = ttl_s
         self.api_url = api_url
@@ -63,7 +63,7 @@ class Membership:
                    replicas: int = 1) -> Membership:
         """Bind to (or create) the instances bucket; its TTL is the bucket's (``open_bucket``)."""
         kv, ttl = await open_bucket(js, bucket, ttl_s, "AETHERION live instances", replicas)
-        return cls(kv, instance_id, ttl, api_url)
+        return cls(js, bucket, kv, instance_id, ttl, api_url)
 
     async def heartbeat(self, markets: Iterable[str] = ()) -> None:
         """Say this instance is alive and holds ``markets``; beat well within the TTL."""
@@ -87,10 +87,7 @@ class Membership:
 
     async def members(self) -> list[Member]:
         """The live instances, by id."""
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return []
+        keys = await bucket_keys(self._js, self._bucket)
         oldest = _now_ms() - int(self.ttl_s * 1000)
         found = await asyncio.gather(*(self._read(k) for k in keys))
         return sorted((m for m in found if m is not None and m.heartbeat_ms >= oldest),
