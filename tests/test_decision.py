@@ -501,6 +501,23 @@ def test_default_holds_long_sizes_down_when_volatility_rises_and_is_flat_in_cris
     assert "volatility" in d.inputs and "long_run_volatility" in d.inputs
 
 
+def test_size_falls_with_the_variance_by_default_and_with_the_volatility_at_power_one() -> None:
+    rng = random.Random(5)
+    calm = walk(rng, 100.0, 0.01, 300)
+    prices = calm + walk(rng, calm[-1], 0.02, 40)  # then twice as volatile
+    sizes = {}
+    for power in (1.0, 2.0):
+        f = sized_feed(trend_filter=False, vol_power=power, min_change=0.0)  # the size itself
+        last = [f.step(c, "bull") for c in prices][-1]
+        long_run, recent = last.inputs["long_run_volatility"], last.inputs["volatility"]
+        assert isinstance(long_run, float) and isinstance(recent, float)
+        ratio = long_run / recent
+        assert 0.4 < ratio < 0.6
+        assert last.exposure == max(0.25, round(ratio**power * 4) / 4)
+        sizes[power] = last.exposure
+    assert sizes == {1.0: 0.5, 2.0: 0.25}  # about 1/2 and its square, in quarters
+
+
 def test_the_trend_filter_holds_no_long_against_a_long_run_downtrend() -> None:
     """Long only while the close is above its 20-bar mean or its close 30 bars ago; below both
     the long goes flat at once (an exit: no gate), and comes back once either says up, through

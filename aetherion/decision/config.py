@@ -38,7 +38,11 @@ class DecisionConfig(BaseModel):
         default="hold", description="hold: every strategy but risk_off holds its direction "
         "(long, or short for trend_short when shorts are allowed); signals: the ATR rules")
     size_by_volatility: bool = Field(default=True, description=(
-        "exposure = min(1, long-run volatility / recent volatility), in steps of size_step"))
+        "exposure = min(1, (long-run volatility / recent volatility) ** vol_power), in steps "
+        "of size_step"))
+    vol_power: float = Field(default=2.0, gt=0.0, le=10.0, description=(
+        "2: sized by inverse variance (volatility-managed, Moreira and Muir 2017); 1: by the "
+        "plain volatility ratio"))
     vol_bars: int = Field(default=20, ge=2, le=10_000, description="recent volatility window")
     vol_halflife_bars: int = Field(default=500, ge=1, le=1_000_000,
                                    description="half-life of the long-run volatility level")

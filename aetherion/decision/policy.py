@@ -12,10 +12,10 @@ Synchronous and free of I/O, O(window) per bar with fixed windows. Each bar runs
 The position moves one step per action (``BUY``: short → flat → long, ``SELL`` the other way).
 A signal the limits or gates refused is a ``HOLD`` with ``suppressed`` and the reason. Every
 decision carries ``exposure``, the signed fraction of capital held after the bar: the position's
-direction times its size, which (``size_by_volatility``) is min(1, long-run volatility / recent
-volatility) in steps of ``size_step``; a held position is resized only by ``min_change`` or more,
-a larger size is gated like an opening, a smaller one never. Rules and defaults, and the evidence
-for them: ``docs/decision.md``.
+direction times its size, which (``size_by_volatility``) is min(1, (long-run volatility / recent
+volatility) ** ``vol_power``) in steps of ``size_step``; a held position is resized only by
+``min_change`` or more, a larger size is gated like an opening, a smaller one never. Rules and
+defaults, and the evidence for them: ``docs/decision.md``.
 """
 
 from __future__ import annotations
@@ -70,14 +70,15 @@ def _now_ms() -> int:
 class _Sizer:
     """Recent volatility (sample std of the last ``n`` log returns) against its long-run level
     (an exponential average of its log, half-life ``halflife`` bars): both from closes only, so
-    history bars warm it up like live ones."""
+    history bars warm it up like live ones. The size is their ratio to the power ``power``."""
 
-    def __init__(self, n: int, halflife: int) -> None:
+    def __init__(self, n: int, halflife: int, power: float) -> None:
         self.returns: deque[float] = deque(maxlen=n)
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
         self.prev: float | None = None
         self.vol: float | None = None
         self.level: float | None = None  # log of the long-run volatility
+        self.power = power
 
     def update(self, close: float) -> None:
         if self.prev is not None:
@@ -95,11 +96,11 @@ class _Sizer:
         self.level = lv if self.level is None else self.level + self.alpha * (lv - self.level)
 
     def size(self, step: float) -> float:
-        """min(1, long-run / recent volatility) rounded to ``step`` (at least one step); 1 while
-        warming up."""
+        """min(1, (long-run / recent volatility) ** power) rounded to ``step`` (at least one
+        step); 1 while warming up."""
         if self.vol is None or self.level is None:
             return 1.0
-        raw = min(1.0, math.exp(self.level) / self.vol)
+        raw = min(1.0, math.exp(self.power * (self.level - math.log(self.vol))))
         return max(step, min(1.0, round(raw / step) * step))
 
 
@@ -151,7 +152,7 @@ class DecisionPolicy:
         self._closes: deque[float] = deque(maxlen=cfg.momentum_bars + 1)
         self._means: deque[float] = deque(maxlen=cfg.mean_bars)
         self._window_time: int | None = None
-        self._sizer = _Sizer(cfg.vol_bars, cfg.vol_halflife_bars)
+        self._sizer = _Sizer(cfg.vol_bars, cfg.vol_halflife_bars, cfg.vol_power)
         self._long_run = _Trend(cfg.trend_ma_bars, cfg.trend_momentum_bars)
         self.rejected = 0  # bars with an unusable close (counted, logged, skipped)
 
