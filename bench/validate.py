@@ -146,17 +146,24 @@ def _f(x: float | None, pct: bool = False) -> str:
     return f"{x:.0%}" if pct else f"{x:.2f}"
 
 
+def _ratio(r: dict[str, Any], measure: str) -> str:
+    """The decisions' ``measure`` as a multiple of buy-and-hold's (blank unless B&H's is > 0)."""
+    d, b = r[f"decisions_{measure}"], r[f"buy_and_hold_{measure}"]
+    return f" ({d / b:.2f}×)" if d is not None and b is not None and b > 0 else ""
+
+
 def _print_daily(rows: list[dict[str, Any]]) -> None:
-    print("| series | Sharpe: decisions / B&H / MA | max drawdown: decisions / B&H / MA "
+    print("| series | Sharpe: decisions / B&H / MA (÷ B&H) "
+          "| max drawdown: decisions / B&H / MA (÷ B&H) "
           "| changes a year: decisions / MA | crisis share: Oct–Nov 2008 / 2017 / all |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['series']}{'' if r['ohlc'] else ' (closes)'} "
               f"| {_f(r['decisions_sharpe'])} / {_f(r['buy_and_hold_sharpe'])} / "
-              f"{_f(r['ma_filter_sharpe'])} "
+              f"{_f(r['ma_filter_sharpe'])}{_ratio(r, 'sharpe')} "
               f"| {_f(r['decisions_max_drawdown'], True)} / "
               f"{_f(r['buy_and_hold_max_drawdown'], True)} / "
-              f"{_f(r['ma_filter_max_drawdown'], True)} "
+              f"{_f(r['ma_filter_max_drawdown'], True)}{_ratio(r, 'max_drawdown')} "
               f"| {r['decisions_changes_per_year']:.1f} / {r['ma_filter_changes_per_year']:.1f} "
               f"| {_f(r['crisis_octnov2008'], True)} / {_f(r['crisis_2017'], True)} / "
               f"{_f(r['crisis_all'], True)} |")
