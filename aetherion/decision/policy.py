@@ -100,7 +100,7 @@ class _Sizer:
         step); 1 while warming up."""
         if self.vol is None or self.level is None:
             return 1.0
-        raw = min(1.0, math.exp(self.power * (self.level - math.log(self.vol))))
+        raw = math.exp(min(0.0, self.power * (self.level - math.log(self.vol))))  # <= 1
         return max(step, min(1.0, round(raw / step) * step))
 
 
