@@ -254,6 +254,26 @@ def test_tempering_calibrates_confidence_where_calm_regimes_differ_by_drift_alon
             >= untempered["per_regime"]["crisis"]["recall"] - 0.02)
 
 
+def test_the_faster_hmm_fits_what_hmmlearn_fits() -> None:
+    """``fit`` computes the state densities and second moments its own way; on a market with
+    all four regimes it reaches hmmlearn's own GaussianHMM's fit, parameter for parameter."""
+    from threadpoolctl import threadpool_limits
+
+    from aetherion.regime.model import _fit
+
+    obs, _ = drift_only(4000, 3)
+    req = TrainRequest("m", "1m", obs, RANGED, 0, 1)
+    ours = fit(req)
+    with threadpool_limits(1):
+        ref = _fit(req, GaussianHMM)
+    assert ours.ok and ref.ok, (ours.reason, ref.reason)
+    assert ours.loglik == pytest.approx(ref.loglik, rel=1e-9)
+    for key in ("means", "covars", "transmat", "startprob"):
+        np.testing.assert_allclose(ours.params[key], ref.params[key], rtol=1e-6, atol=1e-9)
+    assert ours.params["labels"] == ref.params["labels"]
+    assert ours.params["temper"] == ref.params["temper"]
+
+
 def test_fit_is_deterministic_and_rejects_degenerate_input() -> None:
     obs = spy_obs(300)
     a = fit(TrainRequest("spy", "1d", obs, RANGED, 0, 1, restarts=2))
