@@ -11,6 +11,10 @@ reach on a variant, no filter on these inputs reaches. The last column splits cr
 bars since a crisis began (model and ideal on the same second half): where recall is lost.
 
     .venv/bin/python bench/sim_variants.py [--only base,calm4x] [--seed 1] [--jobs 2]
+        [--regime-seconds 1800]
+
+``--regime-seconds`` scales every regime's mean stay (the simulator's 1800: bull 45 minutes,
+crisis 15); 7200 makes them four times as long.
 
 The last line of stdout is the whole result as JSON.
 """
@@ -126,18 +130,18 @@ def ideal(df: pl.DataFrame) -> dict[str, Any]:
     return {**_scores(rows), "onset_recall": onset_recall(rows)}
 
 
-def run(job: tuple[str, int]) -> dict[str, Any]:
-    name, seed = job
+def run(job: tuple[str, int, float]) -> dict[str, Any]:
+    name, seed, regime_seconds = job
     what, params, edges = VARIANTS[name]
     _use(params, edges)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sim.parquet"
-        simulate(SimulateOptions(out=path, bars=BARS, seed=seed))
+        simulate(SimulateOptions(out=path, bars=BARS, seed=seed, regime_seconds=regime_seconds))
         df = pl.read_parquet(path)
         loaded = load(path, "candles")
     res = replay(loaded, Settings(), "sim", "1m")
     half = (len(res.rows) - 1) // 2 + 1  # the bars the ideal filter is scored on
-    return {"variant": name, "what": what, "seed": seed,
+    return {"variant": name, "what": what, "seed": seed, "regime_seconds": regime_seconds,
             "model": {**_scores(res.rows), "onset_recall": onset_recall(res.rows[half:])},
             "ideal": ideal(df)}
 
@@ -147,13 +151,15 @@ def main() -> None:
     ap.add_argument("--only", help=f"variants, comma-separated (default: {', '.join(VARIANTS)})")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--regime-seconds", type=float, default=1800.0,
+                    help="the simulator's mean calm stay (default 1800)")
     a = ap.parse_args()
     names = a.only.split(",") if a.only else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # one variant a process
-        rows = list(pool.map(run, [(n, a.seed) for n in names]))
+        rows = list(pool.map(run, [(n, a.seed, a.regime_seconds) for n in names]))
     print("| variant | accuracy: model / ideal | ECE: model / ideal "
           "| crisis precision / recall: model | ideal "
           "| crisis recall on bars 1, 2, 3, 4+ of a crisis: model | ideal |")
