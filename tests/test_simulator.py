@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 
 import numpy as np
 import pytest
@@ -215,21 +214,10 @@ def test_history_ends_in_the_live_regime_at_the_live_price() -> None:
     assert min(b.trade_count for b in bars) > 100_000  # 50/s for an hour
 
 
-def test_history_at_start_is_fast() -> None:
-    m = market(rate=50.0)
-    t0 = time.perf_counter()
-    bars = m.history("1h", 600, 1_800_000_000_000)
-    assert len(bars) == 600 and time.perf_counter() - t0 < 0.5
-
-
-def test_the_live_stream_stays_cheap() -> None:
-    best = math.inf
-    for _ in range(3):
-        m = market(rate=50.0)
-        t0 = time.perf_counter()
-        n = sum(len(m.trades(t, t + 50, 50.0)) for t in range(0, 600_000, 50))
-        best = min(best, (time.perf_counter() - t0) / n)
-    assert best < 10e-6  # about 3 us a trade here (2 cores); 5 us before the regime rework
+def test_history_at_start_gives_the_bars_asked_for() -> None:
+    # its cost, and the live stream's per trade, are measured by bench/simulator_stream.py
+    bars = market(rate=50.0).history("1h", 600, 1_800_000_000_000)
+    assert len(bars) == 600
 
 
 # ---- the connector ---------------------------------------------------------------------------
