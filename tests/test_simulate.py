@@ -98,8 +98,8 @@ def test_a_seed_gives_the_same_file(tmp_path: Path, kind: str) -> None:
 
 def test_forty_thousand_minutes_hold_every_regime(tmp_path: Path) -> None:
     o = SimulateOptions(tmp_path / "long.parquet", bars=40_000, seed=9)
-    s = simulate(o)
-    assert s["rows"] == 40_000 and s["elapsed_s"] >= 0  # speed: bench/, not a timed test
+    s = simulate(o)  # its speed is not timed here: speed belongs in bench/
+    assert s["rows"] == 40_000
     assert all(s["true_regime_share"][r] > 0.01 for r in REGIMES)
     df = pl.read_parquet(o.out)
     lr = np.diff(np.log(df["close"].to_numpy()))
