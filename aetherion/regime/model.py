@@ -61,8 +61,11 @@ BASE_INPUTS = ("log_return",)
 RANGE_SHARE = 0.9  # the range is an input when at least this share of the window has one
 #: What each state means, in long-run units: (drift, volatility). Drift is the mean return over
 #: the long-run typical volatility; volatility is relative to the long-run typical level.
+#: The calm states are told apart by drift first: their volatilities differ only a little
+#: (bear a little louder, sideways a little quieter, as markets usually go) and the data says by
+#: how much; a wider spread started EM on a split by volatility where the data has none.
 PRIOR: dict[str, tuple[float, float]] = {
-    "bull": (0.3, 1.0), "bear": (-0.3, 1.3), "sideways": (0.0, 0.7), "crisis": (-0.3, 4.0),
+    "bull": (0.3, 1.0), "bear": (-0.3, 1.15), "sideways": (0.0, 0.85), "crisis": (-0.3, 4.0),
 }  # the crisis volatility is 2 x ``crisis_ratio`` (see ``_prior``)
 PRIOR_WEIGHT = 10.0  # the prior's covariance counts as this many observations of each state
 RANGE_SD = 0.4  # prior spread of one bar's log range around its state's level
