@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -68,7 +67,7 @@ BARS = 40_000
 def _use(params: tuple[Any, ...] | None, edges: bool) -> None:
     """Point the simulator module at a variant (this process only: each job is its own)."""
     if params is not None:
-        sm.REGIME_PARAMS = params
+        sm.REGIME_PARAMS = params  # type: ignore[misc]  # a variant, in its own process
         sm._NEXT_CUM, sm._PREV_CUM, sm._AT_CUM = sm._chain_tables()
     if edges:
         forward = sm.SimulatedMarket._stays_forward
@@ -105,7 +104,7 @@ def onset_recall(rows: list[dict[str, Any]]) -> list[float]:
 
 def ideal(df: pl.DataFrame) -> dict[str, Any]:
     """The forward filter with the true parameters (first half) scored on the second half."""
-    from scipy.stats import multivariate_normal
+    from scipy.stats import multivariate_normal  # type: ignore[import-untyped]
 
     close, high, low = (df[c].to_numpy() for c in ("close", "high", "low"))
     rng = np.log(np.maximum(np.log(high / low), 1e-12))  # a flat bar: a tiny range
@@ -176,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
