@@ -222,6 +222,25 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
     assert bad.returncode == 2 and "row 6, column close: cannot parse 'abc'" in bad.stderr
 
 
+def test_times_before_1970_replay_like_any_other(tmp_path: Path) -> None:
+    """FRED's gold fixing starts in 1968: epoch times below 0 are bars like any other (the
+    candle engine once took every one of them for a late arrival and stopped the replay)."""
+    spy = pl.read_csv(spy_daily_csv(tmp_path / "spy.csv", 1000))
+    days = pl.date_range(pl.date(1968, 4, 1), pl.date(1973, 12, 31), "1d", eager=True)[:1000]
+    closes = tmp_path / "closes.csv"
+    pl.DataFrame({"ts": days, "close": spy["close"]}).write_csv(closes)
+    rows = replay(load(closes, "candles"), Settings(regime_restarts=1), "gold").rows
+    assert [r["ts"][:10] for r in rows] == [str(d) for d in days]
+    assert rows[0]["open_time"] < 0 < rows[-1]["open_time"]
+    assert sum(r["regime_raw"] != "unknown" for r in rows) > 300
+    trades = tmp_path / "trades.csv"  # one a second across midnight of 1970-01-01
+    ts = range(-120_000, 120_000, 1000)
+    trades.write_text("ts,price,size\n" + "".join(f"{t},{100 + t % 7 / 10},1\n" for t in ts))
+    bars = replay(load(trades, "trades"), Settings(), "old", "1m").rows
+    assert [b["open_time"] for b in bars] == [-120_000, -60_000, 0, 60_000]
+    assert [b["volume"] for b in bars] == [60.0] * 4
+
+
 @pytest.mark.parametrize("unit", [1, 1_000_000, 1_000_000_000], ids=["s", "us", "ns"])
 def test_epoch_seconds_micro_and_nanoseconds_are_read_as_such(tmp_path: Path, unit: int) -> None:
     """A column of epoch seconds (or µs, ns) is recognised by its range: the same bars as the

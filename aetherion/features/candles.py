@@ -122,7 +122,9 @@ class CandleEngine:
         self.late_dropped = 0
         self._open: list[_State | None] = [None] * len(self._tf_ms)
         self._closed: list[dict[int, _State]] = [{} for _ in self._tf_ms]
-        self._closed_until = [0] * len(self._tf_ms)  # every interval ending by then is closed
+        # every interval ending by then is closed; from before any time (daily data from 1968
+        # has negative epoch times)
+        self._closed_until = [-(1 << 62)] * len(self._tf_ms)
 
     # ---- trades in ------------------------------------------------------------------------
 
