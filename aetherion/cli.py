@@ -167,7 +167,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 import structlog
 
                 structlog.get_logger(__name__).warning(
-                    "close-only rows without a usable close dropped", file=str(args.input),
+                    "rows without a usable close dropped", file=str(args.input),
                     rows=loaded.dropped)
             result = replay(loaded, settings, args.market, args.timeframe,
                             progress=sys.stderr.isatty())

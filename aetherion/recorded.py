@@ -3,7 +3,9 @@
 Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` and optionally
 ``side`` (buy/sell) and ``trade_id``; candles: ``ts, open, high, low, close`` and optionally
 ``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC (a column of epoch
-seconds, microseconds or nanoseconds is recognised by its range and converted); without a ``ts``
+seconds, microseconds or nanoseconds is recognised by its range and converted; a column of
+dates written month/day/year, day/month/year or day.month.year, as spreadsheets and some
+downloads write them, is read as such: ``_dates``); without a ``ts``
 column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. QuantConnect Lean /
 AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
 midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
@@ -31,7 +33,9 @@ one column per ticker; a file of a date column and one other needs no ``column``
 becomes ``ts``, the ticker's values ``close``. In close-only data a row whose close is missing
 (empty, ``.``, ``NA``, ``NaN``, ``null``...) or not above 0 (a futures price can go negative) is
 dropped and counted (``closes_dropped`` in the summary): such series mark holidays and gaps that
-way.
+way. Candles with open, high and low are read the same way where a row has no price at all
+(Yahoo's daily files give a holiday a row of ``null``): dropped and counted; a row with only
+some of its prices is still an error.
 
 Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
 carried to the output. Each row gets that candle's value, or for trades the value of the last
@@ -73,6 +77,7 @@ MAX_LINE = 1 << 20  # bytes in one CSV line; also the read chunk
 MAX_RATIO, RATIO_FROM = 100, 16 << 20  # an archive expanding more (past 16 MiB) is a bomb
 TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, ms
 PRICES = {"price", "open", "high", "low", "close"}
+DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y")  # read when ISO-8601 does not
 MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-"]  # a close-only gap
 USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME}
 
@@ -88,7 +93,7 @@ class Loaded:
     unsorted: int = 0
     duplicates: int = 0
     source: str = "input"  # the file, for errors found later
-    dropped: int = 0  # close-only rows without a usable close (``_usable_closes``)
+    dropped: int = 0  # rows without a usable close (``_usable_closes``) or with no price
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -230,7 +235,17 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
     if kind == "trades":
         return _finish(path, _with_truth(path, df, _trade_frame(path, df)), kind)
     if "close" not in have or have & set(RANGE_COLUMNS):
-        return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)
+        # Yahoo's files mark a holiday with a row of nulls: dropped and counted like a
+        # close-only gap, checked in place, so later errors keep their rows
+        prices = [c for c in (*RANGE_COLUMNS, "close") if c in have]
+        empty = pl.DataFrame([_missing(df[c]) for c in prices]).select(
+            pl.all_horizontal(pl.all())).to_series() if prices else None
+        if empty is None or not empty.any():
+            return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)
+        df = df.with_columns(pl.when(empty).then(pl.lit(1).cast(df[c].dtype)).otherwise(c)
+                             .alias(c) for c in (*prices, "volume") if c in have)
+        frame = _with_truth(path, df, _candle_frame(path, df)).filter(~empty)
+        return _finish(path, frame, kind, dropped=len(df) - len(frame))
     keep = _usable_closes(df["close"])  # checked in place, so later errors keep their rows
     df = df.with_columns(pl.when(keep).then("close").otherwise(
         pl.lit(1).cast(df["close"].dtype)).alias("close"))
@@ -303,10 +318,15 @@ def _usable_closes(s: pl.Series) -> pl.Series:
     if s.dtype.is_numeric():
         v = s.cast(pl.Float64)
         return v.is_not_null() & v.is_finite() & (v > 0)
-    text = s.cast(pl.Utf8).str.strip_chars()
-    v = text.cast(pl.Float64, strict=False)
-    missing = s.is_null() | text.str.to_lowercase().is_in(MISSING)
-    return ~(missing | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
+    v = s.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
+    return ~(_missing(s) | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
+
+
+def _missing(s: pl.Series) -> pl.Series:
+    """Where a column holds no value: null, NaN, or one of the ``MISSING`` marks."""
+    if s.dtype.is_numeric():
+        return s.is_null() | s.cast(pl.Float64).is_nan()
+    return s.is_null() | s.cast(pl.Utf8).str.strip_chars().str.to_lowercase().is_in(MISSING)
 
 
 def _one_column(path: Path, df: pl.DataFrame, column: str) -> pl.DataFrame:
@@ -373,9 +393,24 @@ def _ts(path: Path, s: pl.Series) -> pl.Series:
         parsed = pl.select(pl.when(is_int).then(text.cast(pl.Int64, strict=False))
                            .otherwise(iso)).to_series()
         numbers = bool(is_int.all())
+        if text.str.contains(r"^[0-9]{1,2}[/.][0-9]{1,2}[/.][0-9]{4}$").all() \
+                and (dates := _dates(text)) is not None:  # not polars' guess: day first
+            parsed = dates
     if parsed.null_count():
         raise _bad_row(path, "ts", s, parsed)
     return (_in_ms(parsed) if numbers and len(parsed) else parsed).alias("ts")
+
+
+def _dates(text: pl.Series) -> pl.Series | None:
+    """A whole column of dates in one of ``DATE_FORMATS`` as epoch ms, or None. Where both
+    month/day and day/month read every row (no day past the 12th), the order whose dates run
+    forward more often is taken; on a tie, month first."""
+    fits = []
+    for fmt in DATE_FORMATS:
+        d = text.str.to_datetime(fmt, time_zone="UTC", strict=False, time_unit="ms")
+        if not d.null_count():
+            fits.append(d.dt.epoch("ms"))
+    return max(fits, key=lambda d: int((d.diff() > 0).sum())) if fits else None
 
 
 def _in_ms(ts: pl.Series) -> pl.Series:

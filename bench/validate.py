@@ -71,27 +71,25 @@ def _derived(name: str) -> pl.DataFrame:
     return load(SPY).frame.select("ts", "close")
 
 
-def _external(name: str) -> pl.DataFrame:
-    """One of arch's bundled data files in the replay's columns (its dates are m/d/Y)."""
+def _external(name: str) -> Path:
+    """One of arch's bundled data files, replayed as it is (month/day/year dates, Yahoo's
+    columns; FRED's ``DATE,DCOILWTICO`` with '.' on holidays)."""
     import importlib.util
 
     spec = importlib.util.find_spec("arch")  # located, not imported (arch pulls statsmodels)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("--external needs the arch package: make bench, or pip install arch")
     folder = Path(next(iter(spec.submodule_search_locations))) / "data" / EXTERNAL[name]
-    raw = pl.read_csv(next(folder.glob("*.csv.gz")), infer_schema=False)
-    date = pl.col("Date").str.to_date("%m/%d/%Y").alias("ts")
-    if name == "WTI":
-        return raw.select(date, pl.col("DCOILWTICO").alias("close"))
-    return raw.select(date, *(pl.col(c.title()).alias(c) for c in
-                              ("open", "high", "low", "close", "volume")))
+    return next(folder.glob("*.csv.gz"))
 
 
 def daily(name: str) -> dict[str, Any]:
-    if name in EXTERNAL or name in DERIVED:  # through a file, as a user would replay it
+    if name in EXTERNAL:
+        loaded = load(_external(name), "candles")
+    elif name in DERIVED:  # through a file, as a user would replay it
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.csv"
-            (_external(name) if name in EXTERNAL else _derived(name)).write_csv(path)
+            _derived(name).write_csv(path)
             loaded = load(path, "candles")
     else:
         loaded = load(SPY) if name == "SPY" else load(STOCKS, "candles", column=name)

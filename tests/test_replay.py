@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from datadir import DATA
 
 from aetherion.config import Settings
+from aetherion.recorded import InputError
 from aetherion.replay import OUTPUT_COLUMNS, load, replay
 
 
@@ -210,7 +212,7 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     rows = list(csv.DictReader(r.stdout.strip().splitlines()[:-1]))
     assert summary["closes_dropped"] == len(marks) and len(rows) == 250 - len(marks)
-    assert "close-only rows without a usable close dropped" in r.stderr
+    assert "rows without a usable close dropped" in r.stderr
     assert all(float(x["close"]) > 0 for x in rows)
     assert rows[30]["ts"] == "2020-02-05T00:00:00Z"  # rows 30 and 31 (02-03, 02-04) are gone
     again = json.loads(run(src, "--regime-restarts", "1").stdout.strip().splitlines()[-1])
@@ -239,6 +241,51 @@ def test_times_before_1970_replay_like_any_other(tmp_path: Path) -> None:
     bars = replay(load(trades, "trades"), Settings(), "old", "1m").rows
     assert [b["open_time"] for b in bars] == [-120_000, -60_000, 0, 60_000]
     assert [b["volume"] for b in bars] == [60.0] * 4
+
+
+def test_yahoo_holiday_rows_are_dropped_and_counted(tmp_path: Path) -> None:
+    """Yahoo's daily files give a holiday a row of nulls: dropped and counted as a close-only
+    gap is; a row with only some of its prices still stops the replay, at its own row."""
+    head = "Date,Open,High,Low,Close,Adj Close,Volume\n"
+    days = [f"2001-04-{d:02d}" for d in range(2, 28)]
+    lines = [f"{d},{100 + i},{102 + i},{99 + i},{101 + i},{101 + i},{1000 + i}\n"
+             for i, d in enumerate(days)]
+    lines[10] = f"{days[10]},null,null,null,null,null,null\n"
+    lines[11] = f"{days[11]},,,,,,\n"
+    src = tmp_path / "dax.csv"
+    src.write_text(head + "".join(lines))
+    loaded = load(src)
+    assert loaded.dropped == 2 and len(loaded.frame) == len(days) - 2
+    assert loaded.frame["open"].to_list() == [100.0 + i for i in range(26) if i not in (10, 11)]
+    lines[5] = f"{days[5]},105,null,104,106,106,1005\n"
+    src.write_text(head + "".join(lines))
+    with pytest.raises(InputError, match="row 7, column high: cannot parse 'null'"):
+        load(src)
+
+
+@pytest.mark.parametrize(("fmt", "first"), [
+    ("{m}/{d}/{y}", "1/29/1985"), ("{d}/{m}/{y}", "29/1/1985"),
+    ("{d:02d}.{m:02d}.{y}", "29.01.1985")])
+def test_dates_as_spreadsheets_write_them(tmp_path: Path, fmt: str, first: str) -> None:
+    """arch's bundled index files write 1/29/1985; European files 29/1/1985 or 29.01.1985: a
+    whole column in one of those is read as dates, the order being the one every row fits."""
+    days = [(1985, 1, 29), (1985, 1, 30), (1985, 2, 1), (1985, 2, 4)]
+    src = tmp_path / "dates.csv"
+    src.write_text("Date,Close\n" + "".join(
+        f"{fmt.format(y=y, m=m, d=d)},{100 + d}\n" for y, m, d in days))
+    assert src.read_text().splitlines()[1].startswith(first)
+    ts = load(src).frame["ts"].to_list()
+    assert ts == [int(datetime(y, m, d, tzinfo=UTC).timestamp() * 1000) for y, m, d in days]
+    ambiguous = tmp_path / "ambiguous.csv"  # every day 12 or less: the order that runs forward
+    md = [(1, 11), (1, 12), (2, 1), (2, 2)]
+    ambiguous.write_text("ts,close\n" + "".join(
+        f"{fmt.format(y=2020, m=m, d=d)},{100 + d}\n" for m, d in md))
+    got = [datetime.fromtimestamp(t / 1000, UTC) for t in load(ambiguous).frame["ts"]]
+    assert [(t.month, t.day) for t in got] == md
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("ts,close\n1985-01-29,1\n1/30/1985,2\n")
+    with pytest.raises(InputError, match="row 3, column ts: cannot parse '1/30/1985'"):
+        load(mixed)
 
 
 @pytest.mark.parametrize("unit", [1, 1_000_000, 1_000_000_000], ids=["s", "us", "ns"])
