@@ -12,11 +12,13 @@ crisis recall of the fused stable `regime` (1m to 1h fused, the stability rule),
 act on.
 
     .venv/bin/python bench/validate.py [--jobs 2] [--seeds 1,2,3] [--only SPY,AAPL] [--external]
+        [--files dax.csv,gold.csv]
 
 ``--external`` adds daily series that are not shipped here, as an out-of-sample check (nothing
 was chosen on them): the NASDAQ Composite and the S&P 500 1999-2018 with OHLCV, and WTI crude
 oil's closes 1986-2019 (FRED), as bundled in the ``arch`` package's wheel (``make bench``
-installs it).
+installs it). ``--files`` adds daily files of your own, each read as ``aetherion replay`` reads
+it (a Yahoo or FRED download as it comes) and named by its file name.
 
 The last line of stdout is the whole result as JSON.
 """
@@ -86,6 +88,8 @@ def _external(name: str) -> Path:
 def daily(name: str) -> dict[str, Any]:
     if name in EXTERNAL:
         loaded = load(_external(name), "candles")
+    elif Path(name).suffix:  # a file of --files
+        loaded, name = load(Path(name), "candles"), Path(name).name.split(".")[0]
     elif name in DERIVED:  # through a file, as a user would replay it
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.csv"
@@ -204,10 +208,12 @@ def main() -> None:
     ap.add_argument("--only", help="daily series to run, e.g. SPY,EW20,AAPL (default: all 23)")
     ap.add_argument("--external", action="store_true",
                     help="also NASDAQ, SP500 and WTI (not shipped; from the arch package)")
+    ap.add_argument("--files", help="daily files of your own to add, comma-separated")
     a = ap.parse_args()
     names = a.only.split(",") if a.only else ["SPY", *DERIVED, *TICKERS]
     if a.external and not a.only:
         names += list(EXTERNAL)
+    names += [f for f in (a.files or "").split(",") if f]
     seeds = [int(s) for s in a.seeds.split(",") if s]
     jobs = [("sim", s) for s in seeds] + [("daily", n) for n in names]
     t0 = time.perf_counter()
