@@ -6,7 +6,8 @@ Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` a
 seconds, microseconds or nanoseconds is recognised by its range and converted; a column of
 dates written month/day/year, day/month/year or day.month.year, as spreadsheets and some
 downloads write them, is read as such: ``_dates``); without a ``ts``
-column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. QuantConnect Lean /
+column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. With an ``Adj Close``
+column (Yahoo's) the prices are scaled by ``Adj Close / Close`` row by row. QuantConnect Lean /
 AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
 midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
 and counted; a repeated ``trade_id`` is dropped and counted.
@@ -77,9 +78,10 @@ MAX_LINE = 1 << 20  # bytes in one CSV line; also the read chunk
 MAX_RATIO, RATIO_FROM = 100, 16 << 20  # an archive expanding more (past 16 MiB) is a bomb
 TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, ms
 PRICES = {"price", "open", "high", "low", "close"}
+ADJ_CLOSE = "adj close"  # Yahoo's split- and dividend-adjusted close (names lowercased)
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y")  # read when ISO-8601 does not
 MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-"]  # a close-only gap
-USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME}
+USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME, ADJ_CLOSE}
 
 
 class InputError(ValueError):
@@ -243,12 +245,12 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
         if empty is None or not empty.any():
             return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)
         df = df.with_columns(pl.when(empty).then(pl.lit(1).cast(df[c].dtype)).otherwise(c)
-                             .alias(c) for c in (*prices, "volume") if c in have)
+                             .alias(c) for c in (*prices, "volume", ADJ_CLOSE) if c in have)
         frame = _with_truth(path, df, _candle_frame(path, df)).filter(~empty)
         return _finish(path, frame, kind, dropped=len(df) - len(frame))
     keep = _usable_closes(df["close"])  # checked in place, so later errors keep their rows
-    df = df.with_columns(pl.when(keep).then("close").otherwise(
-        pl.lit(1).cast(df["close"].dtype)).alias("close"))
+    df = df.with_columns(pl.when(keep).then(c).otherwise(pl.lit(1).cast(df[c].dtype)).alias(c)
+                         for c in ("close", ADJ_CLOSE) if c in have)
     frame = _with_truth(path, df, _candle_frame(path, df)).filter(keep)
     return _finish(path, frame, kind, dropped=len(df) - len(frame))
 
@@ -299,11 +301,17 @@ def _trade_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
 
 def _candle_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
     """``ts, close``; open, high and low all or none (none: each is the close); volume 0 when
-    absent."""
+    absent. With Yahoo's ``Adj Close`` the prices are scaled by adjusted / close, row by row:
+    a split is then no crash, and a dividend no fall."""
     have = set(df.columns)
     ranged = RANGE_COLUMNS if have & set(RANGE_COLUMNS) else ()
     cols = _parsed(path, df, "candles",
                    ("ts", *ranged, "close", *(("volume",) if "volume" in have else ())))
+    if ADJ_CLOSE in have:
+        adj = _floats(path, df[ADJ_CLOSE], positive=True)
+        factor = adj / cols["close"]
+        for c in (*ranged, "close"):
+            cols[c] = (cols[c] * factor).alias(c)
     for c in RANGE_COLUMNS:
         cols.setdefault(c, cols["close"].alias(c))
     cols.setdefault("volume", pl.Series("volume", [0.0] * len(df), dtype=pl.Float64))

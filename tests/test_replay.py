@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import subprocess
 import sys
 import zipfile
@@ -261,6 +262,21 @@ def test_yahoo_holiday_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     src.write_text(head + "".join(lines))
     with pytest.raises(InputError, match="row 7, column high: cannot parse 'null'"):
         load(src)
+
+
+def test_yahoo_adjusted_close_scales_the_prices(tmp_path: Path) -> None:
+    """A stock's Yahoo file holds raw prices and ``Adj Close``: a 2:1 split halves Close
+    overnight. Prices are scaled by Adj Close / Close, so the split is no crash."""
+    rows = [("2020-08-27", 500, 510, 495, 504, 126), ("2020-08-28", 505, 509, 498, 500, 125),
+            ("2020-08-31", 127, 131, 126, 129, 129), ("2020-09-01", 132, 134, 130, 134, 134)]
+    src = tmp_path / "aapl.csv"
+    src.write_text("Date,Open,High,Low,Close,Adj Close,Volume\n" + "".join(
+        f"{d},{o},{h},{lo},{c},{a},100\n" for d, o, h, lo, c, a in rows))
+    frame = load(src).frame
+    assert frame["close"].to_list() == pytest.approx([a for *_, a in rows])
+    assert frame["high"].to_list() == pytest.approx([h * a / c for _, _, h, _, c, a in rows])
+    assert abs(math.log(frame["close"][2] / frame["close"][1])) < 0.05  # was ln(129/500)
+    assert (frame["high"] >= frame["close"]).all() and (frame["low"] <= frame["close"]).all()
 
 
 @pytest.mark.parametrize(("fmt", "first"), [
