@@ -117,7 +117,11 @@ async def follow_one(base: str, market: str) -> tuple[list[str], set[str]]:
     async with connect(url) as ws, httpx.AsyncClient() as http:
         await asyncio.sleep(1.0)
         following = (await http.get(f"{base}/api/cluster")).json()["following"]
-        kinds = {json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] for _ in range(8)}
+        # until the market's trades arrive: its features and snapshot may come first
+        kinds: set[str] = set()
+        deadline = time.monotonic() + 15
+        while not kinds & {"tick", "ticks"} and time.monotonic() < deadline:
+            kinds.add(json.loads(await asyncio.wait_for(ws.recv(), 5))["type"])
     return following, kinds
 
 
