@@ -113,7 +113,9 @@ def test_store_outage_keeps_serving_and_loses_nothing(
         wait(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "ready again")
         wait(lambda: metric(base, backlog % "market") == 0 and metric(base, backlog % "state") == 0,
              30, "the backlogs written")
-        time.sleep(1.5)
+        # live for 4 s after the stores came back, so that 1s bars past back_ms + 1 s have
+        # closed (a fixed 1.5 s after a quick recovery once left the newest at back_ms + 1 s)
+        time.sleep(max(1.5, back_ms / 1000 + 4.0 - time.time()))
     # After a clean stop everything is written: count it.
     client: MongoClient[dict[str, Any]] = MongoClient(own_nx.url)
     try:
