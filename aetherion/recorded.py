@@ -236,22 +236,18 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
         kind = "candles" if set(CANDLE_COLUMNS) <= have or close_only else "trades"
     if kind == "trades":
         return _finish(path, _with_truth(path, df, _trade_frame(path, df)), kind)
-    if "close" not in have or have & set(RANGE_COLUMNS):
-        # Yahoo's files mark a holiday with a row of nulls: dropped and counted like a
-        # close-only gap, checked in place, so later errors keep their rows
-        prices = [c for c in (*RANGE_COLUMNS, "close") if c in have]
-        empty = pl.DataFrame([_missing(df[c]) for c in prices]).select(
-            pl.all_horizontal(pl.all())).to_series() if prices else None
-        if empty is None or not empty.any():
-            return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)
-        df = df.with_columns(pl.when(empty).then(pl.lit(1).cast(df[c].dtype)).otherwise(c)
-                             .alias(c) for c in (*prices, "volume", ADJ_CLOSE) if c in have)
-        frame = _with_truth(path, df, _candle_frame(path, df)).filter(~empty)
-        return _finish(path, frame, kind, dropped=len(df) - len(frame))
-    keep = _usable_closes(df["close"])  # checked in place, so later errors keep their rows
-    df = df.with_columns(pl.when(keep).then(c).otherwise(pl.lit(1).cast(df[c].dtype)).alias(c)
-                         for c in ("close", ADJ_CLOSE) if c in have)
-    frame = _with_truth(path, df, _candle_frame(path, df)).filter(keep)
+    if "close" not in have:
+        return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)  # says so
+    prices = [c for c in (*RANGE_COLUMNS, "close") if c in have]
+    if len(prices) > 1:  # Yahoo's files give a holiday a row of nulls
+        drop = pl.DataFrame([_missing(df[c]) for c in prices]).select(
+            pl.all_horizontal(pl.all())).to_series()
+    else:
+        drop = ~_usable_closes(df["close"])
+    # dropped rows get placeholders and go after parsing, so later errors keep their rows
+    df = df.with_columns(pl.when(drop).then(pl.lit(1).cast(df[c].dtype)).otherwise(c).alias(c)
+                         for c in (*prices, "volume", ADJ_CLOSE) if c in have)
+    frame = _with_truth(path, df, _candle_frame(path, df)).filter(~drop)
     return _finish(path, frame, kind, dropped=len(df) - len(frame))
 
 
