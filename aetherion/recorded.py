@@ -7,10 +7,13 @@ seconds, microseconds or nanoseconds is recognised by its range and converted; a
 dates written month/day/year, day/month/year or day.month.year, as spreadsheets and some
 downloads write them, is read as such: ``_dates``); without a ``ts``
 column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. With an ``Adj Close``
-column (Yahoo's) the prices are scaled by ``Adj Close / Close`` row by row. QuantConnect Lean /
-AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in milliseconds since New York
-midnight, the date in the file name) are recognised too. Unsorted timestamps are sorted (stably)
-and counted; a repeated ``trade_id`` is dropped and counted.
+column (Yahoo's) the prices are scaled by ``Adj Close / Close`` row by row. NASDAQ.com's
+``Close/Last`` and Investing.com's ``Price`` (beside Open, High and Low) are the close; numbers
+written with thousands commas or a currency sign (``21,082.95``, ``$129.93``) are read as
+numbers, a volume of ``--`` or nothing as 0, and dates like ``May 25, 2017`` as dates.
+QuantConnect Lean / AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in
+milliseconds since New York midnight, the date in the file name) are recognised too. Unsorted
+timestamps are sorted (stably) and counted; a repeated ``trade_id`` is dropped and counted.
 
 Input rules. A bad file ends the replay with one line naming the file and, where it applies, the
 row (the line number, the header being row 1) and the column; values shown are cut to 80
@@ -79,8 +82,14 @@ MAX_RATIO, RATIO_FROM = 100, 16 << 20  # an archive expanding more (past 16 MiB)
 TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, ms
 PRICES = {"price", "open", "high", "low", "close"}
 ADJ_CLOSE = "adj close"  # Yahoo's split- and dividend-adjusted close (names lowercased)
-DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y")  # read when ISO-8601 does not
-MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-"]  # a close-only gap
+DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%b %d, %Y")  # read when ISO-8601 does not
+DATED = r"^([0-9]{1,2}[/.][0-9]{1,2}[/.]|[A-Za-z]{3} [0-9]{1,2}, )[0-9]{4}$"  # one of those
+MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-", "--"]  # a close-only gap
+# 1,234.5 or $129.93 (Investing.com's and NASDAQ.com's downloads): the commas and the currency
+# sign go; anything else with a comma (1.234,5; 1,23) is not read as a number
+GROUPED = r"^[-+]?[$€£¥₹]?[-+]?([0-9]{1,3}(,[0-9]{3})+|[0-9]+)(\.[0-9]*)?$"
+# other names of the close: NASDAQ.com's Close/Last; Investing.com's Price beside Open/High/Low
+CLOSE_NAMES = ("close/last", "price")
 USED = {*TRADE_COLUMNS, *CANDLE_COLUMNS, "side", "trade_id", TRUE_REGIME, ADJ_CLOSE}
 
 
@@ -226,6 +235,10 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
     dates = [c for c in df.columns if c in DATE_COLUMNS]
     if "ts" not in df.columns and len(dates) == 1:  # not Date and Time in two columns
         df = df.rename({dates[0]: "ts"})  # Yahoo's Date,Open,High,Low,Close,Adj Close,Volume
+    alias = next((c for c in CLOSE_NAMES if c in df.columns), None)
+    if alias and kind != "trades" and "close" not in df.columns and "size" not in df.columns \
+            and set(RANGE_COLUMNS) <= set(df.columns):  # Date,Close/Last,Volume,Open,High,Low
+        df = df.rename({alias: "close"})
     if kind != "trades" and df.columns[0] == "ts" and len(df.columns) == 2 \
             and df.columns[1] not in USED:  # one series of closes: FRED's observation_date,WTI
         df = df.rename({df.columns[1]: "close"})
@@ -300,6 +313,9 @@ def _candle_frame(path: Path, df: pl.DataFrame) -> dict[str, pl.Series]:
     absent. With Yahoo's ``Adj Close`` the prices are scaled by adjusted / close, row by row:
     a split is then no crash, and a dividend no fall."""
     have = set(df.columns)
+    if "volume" in have:  # NASDAQ.com writes an index's volume as --
+        df = df.with_columns(pl.when(_missing(df["volume"])).then(pl.lit(0).cast(
+            df["volume"].dtype)).otherwise(pl.col("volume")).alias("volume"))
     ranged = RANGE_COLUMNS if have & set(RANGE_COLUMNS) else ()
     cols = _parsed(path, df, "candles",
                    ("ts", *ranged, "close", *(("volume",) if "volume" in have else ())))
@@ -322,7 +338,7 @@ def _usable_closes(s: pl.Series) -> pl.Series:
     if s.dtype.is_numeric():
         v = s.cast(pl.Float64)
         return v.is_not_null() & v.is_finite() & (v > 0)
-    v = s.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
+    v = _number_text(s.cast(pl.Utf8)).cast(pl.Float64, strict=False)
     return ~(_missing(s) | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
 
 
@@ -374,7 +390,7 @@ def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) ->
     if s.dtype.is_numeric():
         out = s.cast(pl.Float64, strict=False)
     elif s.dtype == pl.Utf8:
-        out = s.str.strip_chars().cast(pl.Float64, strict=False)
+        out = _number_text(s).cast(pl.Float64, strict=False)
     else:
         raise InputError(f"{path}: row {first}, column {s.name}: {s.dtype} values, not numbers")
     if out.null_count():
@@ -387,6 +403,13 @@ def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) ->
     return out
 
 
+def _number_text(s: pl.Series) -> pl.Series:
+    """Text numbers, stripped, with thousands commas and a currency sign removed (``GROUPED``)."""
+    text = s.str.strip_chars()
+    return pl.select(pl.when(text.str.contains(GROUPED)).then(
+        text.str.replace_all(r"[,$€£¥₹]", "")).otherwise(text)).to_series().alias(s.name)
+
+
 def _ts(path: Path, s: pl.Series) -> pl.Series:
     if s.dtype.is_integer():
         parsed, numbers = s.cast(pl.Int64, strict=False), True
@@ -397,7 +420,7 @@ def _ts(path: Path, s: pl.Series) -> pl.Series:
         parsed = pl.select(pl.when(is_int).then(text.cast(pl.Int64, strict=False))
                            .otherwise(iso)).to_series()
         numbers = bool(is_int.all())
-        if text.str.contains(r"^[0-9]{1,2}[/.][0-9]{1,2}[/.][0-9]{4}$").all() \
+        if text.str.contains(DATED).all() \
                 and (dates := _dates(text)) is not None:  # not polars' guess: day first
             parsed = dates
     if parsed.null_count():
@@ -408,13 +431,14 @@ def _ts(path: Path, s: pl.Series) -> pl.Series:
 def _dates(text: pl.Series) -> pl.Series | None:
     """A whole column of dates in one of ``DATE_FORMATS`` as epoch ms, or None. Where both
     month/day and day/month read every row (no day past the 12th), the order whose dates run
-    forward more often is taken; on a tie, month first."""
+    one way more often is taken (Investing.com's files run backwards); on a tie, month first."""
     fits = []
     for fmt in DATE_FORMATS:
         d = text.str.to_datetime(fmt, time_zone="UTC", strict=False, time_unit="ms")
         if not d.null_count():
             fits.append(d.dt.epoch("ms"))
-    return max(fits, key=lambda d: int((d.diff() > 0).sum())) if fits else None
+    return max(fits, key=lambda d: max(int((d.diff() > 0).sum()), int((d.diff() < 0).sum()))) \
+        if fits else None
 
 
 def _in_ms(ts: pl.Series) -> pl.Series:

@@ -374,3 +374,43 @@ def test_rows_take_the_replay_timeframes_own_raw_regime(tmp_path: Path) -> None:
             fz.regime, fz.confidence, fz.strategy)
         differ += u is not None and row["confidence_raw"] != fz.confidence_raw
     assert differ > 100  # the fused view is not the 1m one
+
+
+def test_investing_and_nasdaq_com_downloads_read_as_the_same_bars(tmp_path: Path) -> None:
+    """Investing.com writes the close as Price, numbers with thousands commas, dates newest
+    first (as 05/25/2017 or May 25, 2017) and a Vol. column; NASDAQ.com writes Close/Last, a
+    $ sign on a stock's prices and an index's volume as --. Each reads as the same bars as a
+    plain file of the same prices; a comma that is not a thousands separator stays an error."""
+    rows = [(datetime(2017, 5, d, tzinfo=UTC), 21000 + 10 * d, 21050 + 10 * d, 20990 + 10 * d,
+             21020.5 + 10 * d) for d in (22, 23, 24, 25, 26, 30, 31)]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("ts,open,high,low,close\n" + "".join(
+        f"{t:%Y-%m-%d},{o},{h},{lo},{c}\n" for t, o, h, lo, c in rows))
+    want = load(plain).frame
+    newest_first = rows[::-1]
+    files = {
+        "investing.csv": '"Date","Price","Open","High","Low","Vol.","Change %"\n' + "".join(
+            f'"{t:%m/%d/%Y}","{c:,.2f}","{o:,.2f}","{h:,.2f}","{lo:,.2f}","268.97M","0.10%"\n'
+            for t, o, h, lo, c in newest_first),
+        "investing_old.csv": "Date,Price,Open,High,Low,Vol.,Change %\n" + "".join(
+            f'"{t:%b %d, %Y}","{c:,.2f}","{o:,.2f}","{h:,.2f}","{lo:,.2f}",-,0.10%\n'
+            for t, o, h, lo, c in newest_first),
+        "nasdaq_index.csv": "Date,Close/Last,Volume,Open,High,Low\n" + "".join(
+            f"{t:%m/%d/%Y},{c},--,{o},{h},{lo}\n" for t, o, h, lo, c in newest_first),
+        "nasdaq_stock.csv": "Date,Close/Last,Volume,Open,High,Low\n" + "".join(
+            f"{t:%m/%d/%Y},${c},77034210,${o},${h},${lo}\n" for t, o, h, lo, c in newest_first),
+    }
+    for name, text in files.items():
+        src = tmp_path / name
+        src.write_text(text)
+        got = load(src)
+        assert got.frame.drop("volume").equals(want.drop("volume")), name
+        assert got.unsorted == len(rows) - 1, name
+    assert load(tmp_path / "nasdaq_index.csv").frame["volume"].to_list() == [0.0] * len(rows)
+    europe = tmp_path / "europe.csv"
+    europe.write_text("Date,Open,High,Low,Close\n2017-05-22,\"21.000,5\",21050,20990,21020\n")
+    with pytest.raises(InputError, match="row 2, column open: cannot parse '21.000,5'"):
+        load(europe)
+    trades = tmp_path / "trades.csv"  # a trade file's price stays a price
+    trades.write_text("ts,price,size\n1704067200000,\"1,000.5\",2\n")
+    assert load(trades).frame["price"].to_list() == [1000.5]
