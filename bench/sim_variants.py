@@ -1,14 +1,16 @@
 """The regime model on simulators it was not built around, beside the ideal filter.
 
 `bench/validate.py` scores the model on the shipped simulator. Issue 13 is judged on another
-one, so this replays variants of it (other volatilities, drifts, stays, switches on bar edges),
+one, so this replays variants of it (other volatilities, drifts, stays, switches on bar edges)
+and three plain Markov-switching markets that are not our simulator at all (``MARKOV``),
 40,000 one-minute candles each with default settings, and prints per variant the accuracy of
 `regime_raw`, its calibration error (ECE, 10 bins) and crisis precision / recall, beside an
-**ideal filter**: the same forward filter on the same two inputs (log return, log range) with
-the true parameters — each regime's mean and covariance and the transition rates, estimated
-from the true labels of the first half and scored on the second. What the ideal filter cannot
-reach on a variant, no filter on these inputs reaches. The last column splits crisis recall by
-bars since a crisis began (model and ideal on the same second half): where recall is lost.
+**ideal filter**: the same forward filter on the same two inputs (log return, log bar
+volatility) with the true parameters — each regime's mean and covariance and the transition
+rates, estimated from the true labels of the first half and scored on the second. What the
+ideal filter cannot reach on a variant, no filter on these inputs reaches. The last column
+splits crisis recall by bars since a crisis began (model and ideal on the same second half):
+where recall is lost.
 
     .venv/bin/python bench/sim_variants.py [--only base,calm4x] [--seed 1] [--jobs 2]
         [--regime-seconds 1800]
@@ -35,6 +37,7 @@ import polars as pl
 import aetherion.ingest.simulated_market as sm
 from aetherion.config import Settings
 from aetherion.domain import REGIMES
+from aetherion.features import bar_vol
 from aetherion.replay import load, replay
 from aetherion.report import classification
 from aetherion.simulate import SimulateOptions, simulate
@@ -61,7 +64,44 @@ VARIANTS: dict[str, tuple[str, tuple[Any, ...] | None, bool]] = {
                R("sideways", 0.0, 6e-4, pull=0.05, stay=1.0),
                R("crisis", -4.3e-4, 2.4e-3, nu=4.0, stay=0.5)), False),
 }
+#: Not our simulator: a plain Markov chain of regimes on 1m bars (geometric stays as long on
+#: average as the simulator's, its next-regime table, switches on bar edges), each bar a Brownian
+#: path of 30 steps; name: (what it is, drift of bull / bear in calm volatilities a bar, the
+#: calm volatilities of bull, bear and sideways; crisis 4x the first, Student-t 4 per bar)
+MARKOV: dict[str, tuple[str, float, tuple[float, float, float]]] = {
+    "markov": ("a plain Markov chain, one calm volatility, trends of a quarter of it a bar",
+               0.25, (1.0, 1.0, 1.0)),
+    "markov-half": ("the same, trends of half the calm volatility", 0.5, (1.0, 1.0, 1.0)),
+    "markov-vols": ("the same with calm volatilities 0.8 / 1.3 / 0.6, trends of a quarter",
+                    0.25, (0.8, 1.3, 0.6)),
+}
 BARS = 40_000
+
+
+def markov_market(seed: int, drift: float, calm: tuple[float, float, float],
+                  regime_seconds: float, steps: int = 30) -> pl.DataFrame:
+    """``MARKOV``'s market: candles with their true regime."""
+    rng = np.random.default_rng(seed)
+    stay = np.array([r.stay for r in sm.REGIME_PARAMS]) * regime_seconds / 60.0  # in bars
+    move = np.array(sm.TRANSITIONS) / stay[:, None]
+    np.fill_diagonal(move, 1.0 - 1.0 / stay)
+    cum, u = np.cumsum(move, axis=1), rng.random(BARS)
+    state = np.empty(BARS, dtype=np.intp)
+    state[0] = REGIMES.index("sideways")
+    for t in range(1, BARS):
+        state[t] = min(int(np.searchsorted(cum[state[t - 1]], u[t])), len(REGIMES) - 1)
+    vol = 1e-3 * np.array([*calm, 4.0 * calm[0]])[state]
+    vol *= np.where(state == REGIMES.index("crisis"), np.sqrt(2.0 / rng.chisquare(4.0, BARS)), 1.0)
+    mu = 1e-3 * calm[0] * np.array([drift, -drift, 0.0, -drift])[state]
+    path = np.cumsum(mu[:, None] / steps + (vol / math.sqrt(steps))[:, None]
+                     * rng.standard_normal((BARS, steps)), axis=1)
+    start = np.concatenate([[0.0], np.cumsum(path[:, -1])[:-1]])
+    logs = start[:, None] + np.concatenate([np.zeros((BARS, 1)), path], axis=1)
+    return pl.DataFrame({
+        "ts": 1_704_067_200_000 + 60_000 * np.arange(BARS), "open": 100 * np.exp(start),
+        "high": 100 * np.exp(logs.max(axis=1)), "low": 100 * np.exp(logs.min(axis=1)),
+        "close": 100 * np.exp(logs[:, -1]), "volume": np.full(BARS, 10.0),
+        "true_regime": [REGIMES[i] for i in state]})
 
 
 def _use(params: tuple[Any, ...] | None, edges: bool) -> None:
@@ -106,9 +146,9 @@ def ideal(df: pl.DataFrame) -> dict[str, Any]:
     """The forward filter with the true parameters (first half) scored on the second half."""
     from scipy.stats import multivariate_normal  # type: ignore[import-untyped]
 
-    close, high, low = (df[c].to_numpy() for c in ("close", "high", "low"))
-    rng = np.log(np.maximum(np.log(high / low), 1e-12))  # a flat bar: a tiny range
-    x = np.column_stack([np.diff(np.log(close)), rng[1:]])
+    bars = zip(*(df[c].to_list() for c in ("open", "high", "low", "close")), strict=True)
+    vol = np.log([max(bar_vol(*b) or 0.0, 1e-12) for b in bars])  # a flat bar: a tiny one
+    x = np.column_stack([np.diff(np.log(df["close"].to_numpy())), vol[1:]])
     state = np.array([REGIMES.index(r) for r in df["true_regime"].to_list()[1:]])
     half = len(x) // 2
     k = len(REGIMES)
@@ -131,11 +171,16 @@ def ideal(df: pl.DataFrame) -> dict[str, Any]:
 
 def run(job: tuple[str, int, float]) -> dict[str, Any]:
     name, seed, regime_seconds = job
-    what, params, edges = VARIANTS[name]
-    _use(params, edges)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sim.parquet"
-        simulate(SimulateOptions(out=path, bars=BARS, seed=seed, regime_seconds=regime_seconds))
+        if name in MARKOV:
+            what, drift, calm = MARKOV[name]
+            markov_market(seed, drift, calm, regime_seconds).write_parquet(path)
+        else:
+            what, params, edges = VARIANTS[name]
+            _use(params, edges)
+            simulate(SimulateOptions(out=path, bars=BARS, seed=seed,
+                                     regime_seconds=regime_seconds))
         df = pl.read_parquet(path)
         loaded = load(path, "candles")
     res = replay(loaded, Settings(), "sim", "1m")
@@ -147,16 +192,17 @@ def run(job: tuple[str, int, float]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", help=f"variants, comma-separated (default: {', '.join(VARIANTS)})")
+    known = [*VARIANTS, *MARKOV]
+    ap.add_argument("--only", help=f"variants, comma-separated (default: {', '.join(known)})")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--regime-seconds", type=float, default=1800.0,
                     help="the simulator's mean calm stay (default 1800)")
     a = ap.parse_args()
-    names = a.only.split(",") if a.only else list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = a.only.split(",") if a.only else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
     with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # one variant a process
         rows = list(pool.map(run, [(n, a.seed, a.regime_seconds) for n in names]))
     print("| variant | accuracy: model / ideal | ECE: model / ideal "

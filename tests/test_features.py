@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from aetherion.config import Settings
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, Bar, Features, Tick
 from aetherion.features import (
+    BAR_VOL,
     LOG_RANGE,
     LOG_RETURN,
     LOG_VOLATILITY,
@@ -29,6 +30,7 @@ from aetherion.features import (
     FeatureEngine,
     annualization,
     atr,
+    bar_vol,
     log_returns,
     momentum,
     rolling_volatility,
@@ -264,6 +266,7 @@ def test_regime_inputs_are_in_extra_by_their_exported_names() -> None:
         assert r.extra[LOG_RETURN] == r.log_return
         assert r.extra[NORM_VOLUME_DELTA] == r.norm_volume_delta
         assert r.extra[LOG_RANGE] == pytest.approx(math.log(h[i] / lo[i]), rel=1e-12)
+        assert r.extra[BAR_VOL] == bar_vol(bars[i].open, h[i], lo[i], c[i])
         lv, m = r.extra[LOG_VOLATILITY], r.extra[MOMENTUM]
         assert (lv is None) == (i < 20) and (m is None) == (i < 120)
         if lv is not None:
@@ -334,3 +337,34 @@ def test_each_timeframe_has_its_own_state(tmp_path: Path) -> None:
         assert max_rel(col(feats, "atr"), atr(h, lo, c)) < 1e-12
         assert max_rel(col(feats, "volatility"), rolling_volatility(c)) < 1e-9
         assert feats[-1].volume_delta is None  # the last bars mix in unsided trades
+
+
+def test_bar_vol_reads_volatility_not_the_bars_move() -> None:
+    """On Brownian bars (200 steps each) ``bar_vol`` estimates the volatility whatever the drift
+    (its square's mean moves by less than 10% from a drift of 0 to one of a volatility a bar),
+    and its log moves with the bar's move a third as much as the log range's or less: the regime
+    model reads a trending bar's move mostly once, through its return. Reference values by
+    hand; flat and inconsistent bars have none."""
+    rng = np.random.default_rng(5)
+    sd, means = 0.01, []
+    for drift in (0.0, 0.5, 1.0):
+        steps = rng.normal(drift * sd / 200, sd / math.sqrt(200), (4000, 200))
+        path = np.concatenate([np.zeros((4000, 1)), np.cumsum(steps, axis=1)], axis=1)
+        o, h, lo, c = (np.exp(v) for v in (path[:, 0], path.max(1), path.min(1), path[:, -1]))
+        vols = np.array([bar_vol(*bar) for bar in zip(o, h, lo, c, strict=True)])
+        r = np.log(c / o)
+        means.append(np.mean(vols**2))
+        for move in (r, np.abs(r)):
+            ours, rng_ = (np.corrcoef(move, np.log(v))[0, 1] for v in (vols, np.log(h / lo)))
+            assert abs(ours) < max(rng_ / 3, 0.02)  # the log range: 0.74-0.86 with |r|
+    # about the variance (a path seen at 200 steps has a little less range than a continuous one)
+    assert means[0] == pytest.approx(sd * sd, rel=0.15)
+    assert means[1] == pytest.approx(means[0], rel=0.1)
+    assert means[2] == pytest.approx(means[0], rel=0.1)
+    u, d, x = math.log(1.03), math.log(0.99), math.log(1.01)
+    want = 0.8 * (u * (u - x) + d * (d - x)) + 0.2 * (u - d) ** 2 / (4 * math.log(2))
+    assert bar_vol(100.0, 103.0, 99.0, 101.0) == pytest.approx(math.sqrt(want), rel=1e-12)
+    assert bar_vol(100.0, 101.0, 100.0, 101.0) == pytest.approx(  # opens low, closes high
+        math.sqrt(0.2 * math.log(1.01) ** 2 / (4 * math.log(2))), rel=1e-12)
+    assert bar_vol(100.0, 100.0, 100.0, 100.0) == 0.0
+    assert bar_vol(100.0, 101.0, 99.0, 102.0) is None  # a close above the high

@@ -294,7 +294,7 @@ def test_rejected_fit_keeps_previous_model() -> None:
     mv1 = eng.install(good, 0)
     mv2 = eng.install(FitResult(good.request, False, "a state holds 0.0% of the window"), 0)
     assert (mv1.status, mv2.status) == ("active", "rejected") and mv2.version == 2
-    f = Features("m", "1m", 0, 1.0, log_return=0.001, extra={"log_range": 0.01})
+    f = Features("m", "1m", 0, 1.0, log_return=0.001, extra={"bar_vol": 0.01})
     u = eng.on_features(f)
     assert u is not None and u.model_version == 1
 
@@ -503,7 +503,7 @@ def test_close_only_bars_fit_on_returns_and_a_missing_range_is_marginalized() ->
     for i in range(150):  # o = h = l = c: no range at all
         r = float(rng.normal(0, 0.01))
         eng.on_features(Features("m", "1d", i * DAY, 1.0, log_return=r,
-                                 extra={"log_range": 0.0}))
+                                 extra={"bar_vol": 0.0}))
     (req,) = eng.training_due()
     assert req.inputs == ("log_return",)
     ranged = fit(TrainRequest("m", "1m", calm_then_crash(3, 400, 0), RANGED, 0, 1, tail_nu=0))
@@ -611,6 +611,6 @@ def test_a_stored_model_of_other_inputs_is_not_reused() -> None:
     for i in range(120):
         r = float(rng.normal(0, 0.001))
         assert eng.on_features(Features("m", "1m", i * 60_000, 1.0, log_return=r,
-                                        extra={"log_range": 0.002})) is None
+                                        extra={"bar_vol": 0.002})) is None
     (req,) = eng.training_due()
     assert eng.install(fit(req), 0).version == 4

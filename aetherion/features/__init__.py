@@ -2,6 +2,7 @@
 
 from aetherion.features.candles import CandleEngine
 from aetherion.features.engine import (
+    BAR_VOL,
     LOG_RANGE,
     LOG_RETURN,
     LOG_VOLATILITY,
@@ -10,6 +11,7 @@ from aetherion.features.engine import (
     REGIME_INPUTS,
     FeatureEngine,
     RegimeInput,
+    bar_vol,
 )
 from aetherion.features.indicators import (
     SECONDS_PER_YEAR,
@@ -23,7 +25,8 @@ from aetherion.features.indicators import (
 )
 
 __all__ = [
-    "LOG_RANGE", "LOG_RETURN", "LOG_VOLATILITY", "MOMENTUM", "NORM_VOLUME_DELTA", "REGIME_INPUTS",
-    "SECONDS_PER_YEAR", "CandleEngine", "FeatureEngine", "RegimeInput", "annualization", "atr",
-    "log_returns", "momentum", "rolling_volatility", "true_range", "volume_delta",
+    "BAR_VOL", "LOG_RANGE", "LOG_RETURN", "LOG_VOLATILITY", "MOMENTUM", "NORM_VOLUME_DELTA",
+    "REGIME_INPUTS", "SECONDS_PER_YEAR", "CandleEngine", "FeatureEngine", "RegimeInput",
+    "annualization", "atr", "bar_vol", "log_returns", "momentum", "rolling_volatility",
+    "true_range", "volume_delta",
 ]

@@ -20,8 +20,8 @@ from aetherion.domain import TIMEFRAME_MS, Bar, Features
 from aetherion.features.indicators import annualization
 
 __all__ = [
-    "LOG_RANGE", "LOG_RETURN", "LOG_VOLATILITY", "MOMENTUM", "NORM_VOLUME_DELTA", "REGIME_INPUTS",
-    "FeatureEngine", "RegimeInput",
+    "BAR_VOL", "LOG_RANGE", "LOG_RETURN", "LOG_VOLATILITY", "MOMENTUM", "NORM_VOLUME_DELTA",
+    "REGIME_INPUTS", "FeatureEngine", "RegimeInput", "bar_vol",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,28 @@ LOG_VOLATILITY = "log_volatility"  # ln(Features.volatility); None when it is 0 
 NORM_VOLUME_DELTA = "norm_volume_delta"  # = Features.norm_volume_delta (None when unsided)
 LOG_RANGE = "log_range"  # ln(high / low): a one-bar volatility estimate (Parkinson's range)
 MOMENTUM = "momentum"  # ln(close_t / close_{t-w}), w = momentum_window (120 by default)
+BAR_VOL = "bar_vol"  # one bar's volatility from its open, high, low and close (``bar_vol``)
+PARKINSON_SHARE = 0.2  # of ``bar_vol``'s variance; the rest is Rogers & Satchell's
+
+
+def bar_vol(o: float, h: float, lo: float, c: float) -> float | None:
+    """One bar's volatility (log-price units): the square root of a variance estimate that is
+    four fifths Rogers & Satchell's, u(u - c) + d(d - c) with u, d, c the high, low and close
+    over the open in logs, and one fifth Parkinson's, ln(high / low)^2 / (4 ln 2). Rogers &
+    Satchell's is not biased by a drift and, on a Brownian path, its terms do not depend on the
+    bar's return (given the return, each is exponential with mean variance / 2), so a trending
+    bar's wide range is not read again as volatility; the regime model then tells states apart
+    by drift through the return alone (the log range counted a big move twice: the filter was
+    overconfident where regimes differ by drift). It is 0 on a bar that opens and closes at its
+    extremes; Parkinson's fifth keeps it above 0 wherever high > low. None for an inconsistent
+    bar (a high below the open or close, a low above)."""
+    u, d, r = math.log(h / o), math.log(lo / o), math.log(c / o)
+    if not d <= min(r, 0.0) <= max(r, 0.0) <= u:
+        return None
+    span = u - d
+    var = (1 - PARKINSON_SHARE) * (u * (u - r) + d * (d - r)) \
+        + PARKINSON_SHARE * span * span / (4 * math.log(2))
+    return math.sqrt(var)
 
 
 def _log_or_none(x: float | None) -> float | None:
@@ -49,6 +71,7 @@ REGIME_INPUTS: dict[str, RegimeInput] = {
     NORM_VOLUME_DELTA: lambda b, f, c: f.norm_volume_delta,
     LOG_RANGE: lambda b, f, c: math.log(b.high / b.low),
     MOMENTUM: lambda b, f, c: math.log(c[-1] / c[0]) if len(c) == c.maxlen else None,
+    BAR_VOL: lambda b, f, c: bar_vol(b.open, b.high, b.low, b.close),
 }
 
 

@@ -26,7 +26,7 @@ class RegimeConfig(BaseModel):
     stay_bars: float = Field(default=200.0, ge=2.0, le=1e6,
                              description="expected stay in a regime, bars")
     stay_weight: float = Field(
-        default=0.3, ge=0.0, le=100.0,
+        default=0.03, ge=0.0, le=100.0,
         description="weight of the expected stay against the data's own, x the window; 0: fixed")
     crisis_ratio: float = Field(
         default=2.0, gt=1.0, le=100.0,

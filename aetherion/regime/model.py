@@ -1,17 +1,18 @@
 """The regime model: a 4-state Gaussian HMM whose states mean what their names say.
 
 Observations per closed bar (``docs/regime.md``): the bar's log return and, where bars have a
-real range, the log of its high-low range. Both are per-bar quantities, close to independent from
-one bar to the next given the regime, which is what an HMM assumes; overlapping windows (a
-120-bar momentum, a 20-bar volatility) break that assumption and make the filtered probabilities
-far too sure of themselves.
+real range, the log of its own volatility estimate (features' ``bar_vol``, which does not read
+the return again). Both are per-bar quantities, close to independent from one bar to the next
+given the regime, which is what an HMM assumes; overlapping windows (a 120-bar momentum, a
+20-bar volatility) break that assumption and make the filtered probabilities far too sure of
+themselves.
 
 The scale is the market's own long run: returns are measured in units of the long-run typical
 per-bar volatility (1.4826 x the median absolute deviation over the engine's whole memory, not
-just the training window) and the log range relative to its long-run median. Each state starts
-from, and is pulled towards, a prior that says what its name means in those units (``PRIOR``),
-so the crisis state exists and means "volatility far above the long-run level" even when the
-training window holds no crisis. The emissions are fitted with the transitions fixed by the
+just the training window) and the bar's log volatility relative to its long-run median. Each
+state starts from, and is pulled towards, a prior that says what its name means in those units
+(``PRIOR``), so the crisis state exists and means "volatility far above the long-run level" even
+when the training window holds no crisis. The emissions are fitted with the transitions fixed by the
 expected stay in a regime (``stay_bars``): learned together, EM spends the states on bar-to-bar
 noise (stays of two bars) instead of regimes; the transitions are then fitted to the data with the
 emissions fixed, shrunk towards that stay. Labels are read from the fitted states
@@ -55,10 +56,10 @@ def _log_positive(x: float | None) -> float | None:
 #: Observation inputs by name, read from a bar's features (``None`` when not available).
 INPUTS: dict[str, Any] = {
     "log_return": lambda f: f.log_return,
-    "log_range": lambda f: _log_positive(f.extra.get("log_range")),  # ln ln(high / low)
+    "log_bar_vol": lambda f: _log_positive(f.extra.get("bar_vol")),  # features' ``bar_vol``
 }
 BASE_INPUTS = ("log_return",)
-RANGE_SHARE = 0.9  # the range is an input when at least this share of the window has one
+RANGE_SHARE = 0.9  # the bar's volatility is an input when this share of the window has a range
 #: What each state means, in long-run units: (drift, volatility). Drift is the mean return over
 #: the long-run typical volatility; volatility is relative to the long-run typical level.
 #: The calm states are told apart by drift first: their volatilities differ only a little
@@ -68,7 +69,7 @@ PRIOR: dict[str, tuple[float, float]] = {
     "bull": (0.3, 1.0), "bear": (-0.3, 1.15), "sideways": (0.0, 0.85), "crisis": (-0.3, 4.0),
 }  # the crisis volatility is 2 x ``crisis_ratio`` (see ``_prior``)
 PRIOR_WEIGHT = 10.0  # the prior's covariance counts as this many observations of each state
-RANGE_SD = 0.4  # prior spread of one bar's log range around its state's level
+BAR_VOL_SD = 0.4  # prior spread of one bar's log volatility around its state's level
 MIN_OBS = 20 * len(REGIMES)
 MIN_VARIANCE = 1e-6  # smallest covariance eigenvalue, standardized units
 TOL = 1e-3  # EM stops when the log-likelihood gains less than this
@@ -95,7 +96,7 @@ class TrainRequest:
     n_iter: int = 100
     window: int = 8000  # EM runs on the newest ``window`` observations; the scale uses all
     stay_bars: float = 200.0
-    stay_weight: float = 0.3
+    stay_weight: float = 0.03
     crisis_ratio: float = 2.0
     tail_nu: float = 10.0  # the filter reads each state with Student-t tails (0: Gaussian)
     temper_floor: float = 0.4  # least weight of the evidence between calm states (1: full)
@@ -243,7 +244,7 @@ def label_states(means: F, covars: F, inputs: Sequence[str], scaler_mean: F, sca
     """Regime of each hidden state, from its fitted emission (standardized units):
 
     - ``crisis``: volatility at least ``crisis_ratio`` times the long-run typical level (read from
-      the state's mean log range where the range is an input, else from its return spread);
+      the state's mean log bar volatility where bars have a range, else its return spread);
     - of the others, the highest drift is ``bull`` if it rises, the lowest ``bear`` if it falls,
       every other one ``sideways`` (drift in the returns' own units, the scaler undone)."""
     k = means.shape[0]
@@ -266,7 +267,7 @@ def label_states(means: F, covars: F, inputs: Sequence[str], scaler_mean: F, sca
 
 def _scaler(x: F) -> tuple[F, F]:
     """Long-run location and scale: returns by median and 1.4826 x MAD (robust to the crashes
-    a long memory holds), the log range by its median (it stays in natural log units)."""
+    a long memory holds), the bar's log volatility by its median (it stays in log units)."""
     loc, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
     r = x[:, 0]
     loc[0] = float(np.median(r))
@@ -289,7 +290,7 @@ def _prior(n_features: int, stay_bars: float, crisis_ratio: float) -> tuple[F, F
         vol = 2.0 * crisis_ratio if name == "crisis" else vol
         means[i, 0], covars[i, 0, 0] = drift, vol * vol
         if n_features > 1:
-            means[i, 1], covars[i, 1, 1] = math.log(vol), RANGE_SD ** 2
+            means[i, 1], covars[i, 1, 1] = math.log(vol), BAR_VOL_SD ** 2
     leave = 1.0 / max(stay_bars, 1.0)
     trans = np.full((k, k), leave / (k - 1))
     np.fill_diagonal(trans, 1.0 - leave)
@@ -442,10 +443,10 @@ def _anchor_crisis(m: Any, req: TrainRequest) -> None:
 
 
 def _state_vol(means: F, covars: F, inputs: Sequence[str]) -> F:
-    """Each state's volatility relative to the long-run typical level: from its mean log range
-    where the range is an input (the steadier estimate), else from the spread of its returns."""
-    if "log_range" in inputs:
-        return np.exp(means[:, list(inputs).index("log_range")])
+    """Each state's volatility relative to the long-run typical level: from its mean log bar
+    volatility where bars have a range (the steadier estimate), else from its returns' spread."""
+    if "log_bar_vol" in inputs:
+        return np.exp(means[:, list(inputs).index("log_bar_vol")])
     return np.sqrt(covars[:, 0, 0])
 
 
