@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from datadir import DATA
 from hmmlearn.hmm import GaussianHMM
@@ -26,10 +27,14 @@ from aetherion.regime.model import (
     FitResult,
     RegimeModel,
     TrainRequest,
+    _em,
+    _scaler,
+    _tools,
     fit,
     label_states,
     observation,
 )
+from aetherion.simulate import SimulateOptions, simulate
 from aetherion.storage.state import StateStore
 
 DAY = 86_400_000
@@ -284,6 +289,28 @@ def test_fit_is_deterministic_and_rejects_degenerate_input() -> None:
     assert not bad.ok and "constant" in bad.reason
     few = fit(TrainRequest("spy", "1d", obs[:30], RANGED, 0, 1))
     assert not few.ok and "too few" in few.reason
+
+
+def test_a_fit_is_judged_by_its_emissions_converging(tmp_path: Path) -> None:
+    """The transitions' stage may creep on past ``n_iter`` (each step still raises the
+    posterior; here 100 steps on 600 simulated 5s bars, the emissions done in 15): the model is
+    taken. Emissions that have not converged are still a rejection."""
+    path = tmp_path / "sim.parquet"
+    simulate(SimulateOptions(out=path, bars=600, seed=16, regime_seconds=20, timeframe="5s"))
+    fe, obs = FeatureEngine("m", "5s"), []
+    for r in pl.read_parquet(path).iter_rows(named=True):
+        x = observation(fe.on_bar(Bar("m", "5s", r["ts"], r["open"], r["high"], r["low"],
+                                      r["close"], 1.0, 0.0, 0.0, 1, True)), RANGED)
+        if x is not None:
+            obs.append(x)
+    req = TrainRequest("m", "5s", obs, RANGED, 0, 1)
+    hmm, _ = _tools()
+    m = _em(hmm, (np.array(obs) - _scaler(np.array(obs))[0]) / _scaler(np.array(obs))[1], req,
+            np.zeros((4, 2)))
+    assert m.monitor_.iter == req.n_iter and m.emission_fit_[1] < req.n_iter  # the case is real
+    assert fit(req).ok
+    short = fit(TrainRequest("m", "5s", obs, RANGED, 0, 1, n_iter=3))
+    assert not short.ok and "did not converge in 3 iterations" in short.reason
 
 
 def test_rejected_fit_keeps_previous_model() -> None:
