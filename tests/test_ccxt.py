@@ -156,6 +156,9 @@ async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
     states = [b.state for b in run.out.books]
     i = states.index("resyncing", states.index("live"))
     assert "live" in states[i:]
+    # one withheld diff is one resync and one "resyncing" book, however many diffs ccxt fails
+    # on until its new snapshot is in
+    assert conn.stats.book_resyncs == 1 and states[i:].count("resyncing") == 1
     assert_book_matches(server, run)
     assert_exact(server, run.out.ticks)
     await run.stop()

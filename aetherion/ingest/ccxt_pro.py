@@ -360,11 +360,15 @@ class CcxtConnector(LiveConnector):
             try:
                 ob = await watch(lambda: self.ex.watch_order_book(symbol))
             except ccxtpro.ChecksumError as e:  # a sequence gap: ccxt dropped its book
-                self.stats.book_resyncs += 1
-                self.stats.state = "resyncing"
-                log.warning("ccxt: order book gap, resyncing", market=self.market.id,
-                            error=str(e)[:RAW_LOG_CHARS])
-                await self._emit_resyncing()
+                # ccxt raises again for every diff until its new snapshot is in: one resync,
+                # one warning, one "resyncing" book (seen: 251 of each in a second, and the
+                # trades starved until the watchdog dropped the connection)
+                if self.stats.state != "resyncing":
+                    self.stats.book_resyncs += 1
+                    self.stats.state = "resyncing"
+                    log.warning("ccxt: order book gap, resyncing", market=self.market.id,
+                                error=str(e)[:RAW_LOG_CHARS])
+                    await self._emit_resyncing()
                 continue
             if self.stats.state != "live":
                 self.stats.state = "live"
