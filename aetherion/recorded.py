@@ -338,7 +338,7 @@ def _usable_closes(s: pl.Series) -> pl.Series:
     if s.dtype.is_numeric():
         v = s.cast(pl.Float64)
         return v.is_not_null() & v.is_finite() & (v > 0)
-    v = _number_text(s.cast(pl.Utf8)).cast(pl.Float64, strict=False)
+    v = _numbers(s.cast(pl.Utf8))
     return ~(_missing(s) | (v.is_not_null() & (~v.is_finite() | (v <= 0))))
 
 
@@ -390,7 +390,7 @@ def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) ->
     if s.dtype.is_numeric():
         out = s.cast(pl.Float64, strict=False)
     elif s.dtype == pl.Utf8:
-        out = _number_text(s).cast(pl.Float64, strict=False)
+        out = _numbers(s)
     else:
         raise InputError(f"{path}: row {first}, column {s.name}: {s.dtype} values, not numbers")
     if out.null_count():
@@ -403,11 +403,17 @@ def _floats(path: Path, s: pl.Series, positive: bool = False, first: int = 2) ->
     return out
 
 
-def _number_text(s: pl.Series) -> pl.Series:
-    """Text numbers, stripped, with thousands commas and a currency sign removed (``GROUPED``)."""
+def _numbers(s: pl.Series) -> pl.Series:
+    """Text as numbers, null where a value is not one. Plain numbers first; only where some are
+    left unread (no regex on a plain column of millions), thousands commas and a currency sign
+    are removed (``GROUPED``) and the column read again."""
     text = s.str.strip_chars()
-    return pl.select(pl.when(text.str.contains(GROUPED)).then(
-        text.str.replace_all(r"[,$€£¥₹]", "")).otherwise(text)).to_series().alias(s.name)
+    out = text.cast(pl.Float64, strict=False)
+    if out.null_count() > text.null_count():
+        out = pl.select(pl.when(text.str.contains(GROUPED)).then(
+            text.str.replace_all(r"[,$€£¥₹]", "")).otherwise(text)).to_series().cast(
+            pl.Float64, strict=False)
+    return out.alias(s.name)
 
 
 def _ts(path: Path, s: pl.Series) -> pl.Series:
