@@ -304,9 +304,9 @@ def test_a_fit_is_judged_by_its_emissions_converging(tmp_path: Path) -> None:
         if x is not None:
             obs.append(x)
     req = TrainRequest("m", "5s", obs, RANGED, 0, 1)
-    hmm, _ = _tools()
-    m = _em(hmm, (np.array(obs) - _scaler(np.array(obs))[0]) / _scaler(np.array(obs))[1], req,
-            np.zeros((4, 2)))
+    x = np.array(obs)
+    loc, scale = _scaler(x)
+    m = _em(_tools()[0], (x - loc) / scale, req, np.zeros((4, 2)))
     assert m.monitor_.iter == req.n_iter and m.emission_fit_[1] < req.n_iter  # the case is real
     assert fit(req).ok
     short = fit(TrainRequest("m", "5s", obs, RANGED, 0, 1, n_iter=3))
