@@ -8,8 +8,10 @@ import io
 import math
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -125,18 +127,30 @@ def test_filter_equals_hmmlearn_predict_proba() -> None:
 
 
 def test_student_t_filter_equals_a_forward_pass_of_scipy_densities() -> None:
-    """With tails (the default, 10 degrees of freedom) each state's density is the multivariate
-    Student-t of the fitted mean with the fitted covariance (scale = covariance x (nu - 2) /
-    nu); a bar without a range is read on the return's own t marginal. An outlier then weighs
-    less than under the Gaussian."""
-    from scipy.stats import multivariate_t, t
+    """With tails (the default, 10 degrees of freedom) each state reads the bar's log volatility
+    on its fitted Gaussian marginal and the return, given it, as a Student-t with the fitted
+    conditional mean and variance (scale = variance x (nu - 2) / nu); a bar without a range is
+    read on the return's own t marginal. A return far out then weighs less than under the
+    Gaussian; a volatility far out (a crisis begun) weighs as much."""
+    from scipy.stats import norm, t
 
     obs = spy_obs(400)
     res = fit(TrainRequest("spy", "1d", obs, RANGED, 0, 1, seed=3, temper_floor=1.0))
     assert res.ok and res.params["tail_nu"] == 10.0
     model = RegimeModel(res.params)
     nu = 10.0
-    shape = model.covars * (nu - 2) / nu
+    mu, c = model.means, model.covars
+
+    def scipy_log_density(row: Sequence[float]) -> np.ndarray[Any, Any]:
+        out = []
+        for k in range(4):
+            b = c[k][0, 1] / c[k][1, 1]
+            given = mu[k][0] + b * (row[1] - mu[k][1])
+            var = c[k][0, 0] - b * c[k][0, 1]
+            out.append(norm.logpdf(row[1], mu[k][1], math.sqrt(c[k][1, 1]))
+                       + t.logpdf(row[0], nu, given, math.sqrt(var * (nu - 2) / nu)))
+        return np.array(out)
+
     z = np.array([model.standardize(x) for x in obs])
     alpha = None
     la = None
@@ -144,8 +158,7 @@ def test_student_t_filter_equals_a_forward_pass_of_scipy_densities() -> None:
     for row in z:
         if row[0] is None:
             continue
-        dens = np.array([multivariate_t(model.means[k], shape[k], df=nu).pdf(row)
-                         for k in range(4)])
+        dens = np.exp(scipy_log_density(row))
         alpha = model.startprob * dens if alpha is None else (alpha @ model.transmat) * dens
         alpha = alpha / alpha.sum()
         la = model.filter_step(la, row)
@@ -153,13 +166,19 @@ def test_student_t_filter_equals_a_forward_pass_of_scipy_densities() -> None:
     assert worst < 1e-9, worst
     one = [model.log_emission([x, None]) for x in (0.5, -8.0)]
     for x, got in zip((0.5, -8.0), one, strict=True):
-        want = [t.logpdf(x, nu, model.means[k][0], math.sqrt(shape[k][0][0])) for k in range(4)]
+        want = [t.logpdf(x, nu, mu[k][0], math.sqrt(c[k][0][0] * (nu - 2) / nu))
+                for k in range(4)]
         assert got == pytest.approx(want, abs=1e-9)
     gauss = RegimeModel({**res.params, "tail_nu": None})
-    far = [-8.0, float(np.median(z[:, 1]))]
-    # an 8-sigma day: the Gaussian calm states call it all but impossible, the t ones do not
     calm = [i for i, name in enumerate(model.labels) if name != "crisis"]
+    # an 8-sigma day: the Gaussian calm states call it all but impossible, the t ones do not
+    far = [-8.0, float(np.median(z[:, 1]))]
     assert min(model.log_emission(far)[i] - gauss.log_emission(far)[i] for i in calm) > 5
+    # a day as loud as a crisis with an ordinary return: as unlikely in the calm states as
+    # under the Gaussian (within the t's small change of scale near the centre)
+    loud = [0.0, float(np.median(z[:, 1])) + 3.0]
+    assert max(abs(model.log_emission(loud)[i] - gauss.log_emission(loud)[i])
+               for i in calm) < 0.3
 
 
 def drift_only(n: int, seed: int) -> tuple[list[tuple[float, float]], list[str]]:

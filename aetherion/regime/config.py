@@ -33,7 +33,8 @@ class RegimeConfig(BaseModel):
         description="crisis: volatility at least this many times the long-run typical level")
     tail_nu: float = Field(
         default=10.0, ge=0.0, le=1e6,
-        description="Student-t degrees of freedom the filter reads each state with; 0: Gaussian")
+        description="Student-t degrees of freedom of a state's return given the bar's volatility; "
+                    "0: Gaussian")
     temper_floor: float = Field(
         default=0.4, gt=0.0, le=1.0,
         description="least weight the filter gives the evidence between calm states; 1: full")

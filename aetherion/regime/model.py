@@ -16,11 +16,12 @@ when the training window holds no crisis. The emissions are fitted with the tran
 expected stay in a regime (``stay_bars``): learned together, EM spends the states on bar-to-bar
 noise (stays of two bars) instead of regimes; the transitions are then fitted to the data with the
 emissions fixed, shrunk towards that stay. Labels are read from the fitted states
-(``label_states``). The filter reads each fitted state as a Student-t with ``tail_nu`` degrees of
-freedom and the same mean and covariance, so a single outlying bar is evidence, not proof, and
-weighs the evidence between calm states by a temper chosen at each fit (``_temper``): fitted
-states that differ by a small drift are further apart than the market's, and taken at their word
-they make the filter sure of the wrong state.
+(``label_states``). The filter reads each fitted state's return, given the bar's volatility, as a
+Student-t with ``tail_nu`` degrees of freedom (the volatility stays Gaussian), so a single
+outlying return is evidence, not proof, while a loud bar counts in full, and it weighs the
+evidence between calm states by a temper chosen at each fit (``_temper``): fitted states that
+differ by a small drift are further apart than the market's, and taken at their word they make
+the filter sure of the wrong state.
 
 ``fit`` runs in a worker process: it takes and returns plain data (picklable, JSON-able).
 """
@@ -112,49 +113,63 @@ class FitResult:
 
 
 class _Density:
-    """Log density of z under every state, from each state's squared Mahalanobis distance
-    Q_k(z) = q_k + w_k . (z_i, z_i z_j): Gaussian, or Student-t with ``nu`` degrees of freedom
-    and the same covariance (``nu`` None: Gaussian)."""
+    """Log density of z under every state. Gaussian (``nu`` None), or with ``nu`` degrees of
+    freedom: the return (the first input) Student-t given the others, which stay Gaussian. A
+    return far out is evidence, not proof (fat tails), while the bar's log volatility, the log
+    of an average over the bar's path, is read at its full weight: it is what tells a crisis
+    begun from one large move. The Gaussian part is a quadratic in its inputs,
+    q + w . (z_i, z_i z_j); the t part reads the return's residual given the rest, u . z + o."""
 
     def __init__(self, means: F, covars: F, nu: float | None = None) -> None:
         d = means.shape[1]
-        self.pairs = [(i, j) for i in range(d) for j in range(i, d)]
         self.nu = nu
-        scale = covars if nu is None else covars * ((nu - 2.0) / nu)
-        prec = np.linalg.inv(scale)
-        logdet = np.linalg.slogdet(scale)[1]
-        if nu is None:
-            norm = -0.5 * d * math.log(2 * math.pi)
-        else:
-            norm = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2)
-                    - 0.5 * d * math.log(nu * math.pi))
-        self.const = [norm - 0.5 * float(ld) for ld in logdet]
+        self.lo = 0 if nu is None else 1  # the Gaussian part reads inputs lo..d-1
+        sub = range(self.lo, d)
+        self.pairs = [(i, j) for i in sub for j in sub if j >= i]
+        self.const: list[float] = []
         self.q0: list[float] = []
         self.w: list[list[float]] = []
-        for k in range(means.shape[0]):
-            mu, pk = means[k], prec[k]
-            self.q0.append(float(mu @ pk @ mu))
-            self.w.append([-2.0 * float(x) for x in pk @ mu]
-                          + [float(pk[i, j]) * (1 if i == j else 2) for i, j in self.pairs])
+        self.u: list[list[float]] = []  # the t part: residual u . z + o, divided by its scale
+        self.o: list[float] = []
+        for mu, c in zip(means, covars, strict=True):
+            rest, m = c[self.lo:, self.lo:], mu[self.lo:]
+            prec = np.linalg.inv(rest) if d > self.lo else np.zeros((0, 0))
+            logdet = float(np.linalg.slogdet(rest)[1]) if d > self.lo else 0.0
+            self.const.append(-0.5 * ((d - self.lo) * math.log(2 * math.pi) + logdet))
+            self.q0.append(float(m @ prec @ m))
+            self.w.append([-2.0 * float(x) for x in prec @ m]
+                          + [float(prec[i - self.lo, j - self.lo]) * (1 if i == j else 2)
+                             for i, j in self.pairs])
+            if nu is None:
+                continue
+            b = prec @ c[1:, 0] if d > 1 else np.zeros(0)  # the return's regression on the rest
+            scale = math.sqrt((c[0, 0] - c[1:, 0] @ b) * (nu - 2.0) / nu)
+            u = np.concatenate([[1.0], -b]) / scale
+            self.u.append(u.tolist())
+            self.o.append(-float(u @ mu))
+            self.const[-1] += (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)
+                               - 0.5 * math.log(nu * math.pi) - math.log(scale))
 
     def batch(self, z: F) -> F:
         """``self(row)`` for every row of z, as an (n, states) array."""
-        terms = np.column_stack([z, *(z[:, i] * z[:, j] for i, j in self.pairs)])
-        q: F = np.asarray(self.q0) + terms @ np.asarray(self.w).T
-        const: F = np.asarray(self.const)
-        if self.nu is None:
-            return const - 0.5 * q
-        out: F = const - 0.5 * (self.nu + z.shape[1]) * np.log1p(np.maximum(q, 0.0) / self.nu)
+        zs = z[:, self.lo:]
+        terms = np.column_stack([zs, *(z[:, i] * z[:, j] for i, j in self.pairs)])
+        w = np.asarray(self.w).reshape(len(self.const), terms.shape[1])
+        out: F = np.asarray(self.const) - 0.5 * (np.asarray(self.q0) + terms @ w.T)
+        if self.nu is not None:
+            e = z @ np.asarray(self.u).T + np.asarray(self.o)
+            out -= 0.5 * (self.nu + 1.0) * np.log1p(e * e / self.nu)
         return out
 
     def __call__(self, z: Sequence[float]) -> list[float]:
-        terms = [*z, *(z[i] * z[j] for i, j in self.pairs)]
-        q = [q0 + sum(map(mul, w, terms)) for q0, w in zip(self.q0, self.w, strict=True)]
+        terms = [*z[self.lo:], *(z[i] * z[j] for i, j in self.pairs)]
         if self.nu is None:
-            return [c - 0.5 * x for c, x in zip(self.const, q, strict=True)]
-        nu = self.nu
-        return [c - 0.5 * (nu + len(z)) * math.log1p(max(x, 0.0) / nu)
-                for c, x in zip(self.const, q, strict=True)]
+            return [c - 0.5 * (q0 + sum(map(mul, w, terms)))
+                    for c, q0, w in zip(self.const, self.q0, self.w, strict=True)]
+        half, nu = 0.5 * (self.nu + 1.0), self.nu
+        return [c - 0.5 * (q0 + sum(map(mul, w, terms)))
+                - half * math.log1p((o + sum(map(mul, u, z))) ** 2 / nu)
+                for c, q0, w, u, o in zip(self.const, self.q0, self.w, self.u, self.o, strict=True)]
 
 
 class RegimeModel:
