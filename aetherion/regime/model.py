@@ -71,6 +71,16 @@ PRIOR: dict[str, tuple[float, float]] = {
 }  # the crisis volatility is 2 x ``crisis_ratio`` (see ``_prior``)
 PRIOR_WEIGHT = 10.0  # the prior's covariance counts as this many observations of each state
 BAR_VOL_SD = 0.4  # prior spread of one bar's log volatility around its state's level
+#: The bar's volatility v (over its long-run median) enters the model as ln v where v >= 1 and
+#: as (v^p - 1) / p below (the Box-Cox transform of power p; the two meet with the same slope at
+#: v = 1). A single bar's variance estimate has few degrees of freedom (Rogers-Satchell's, given
+#: the return, is a sum of two exponentials), so below its median its log has a long tail (a bar
+#: that trends from open to close estimates almost no variance) and EM spent a calm state on
+#: that tail (5-bar stays, labelled sideways); the power shortens it, as Wilson-Hilferty's cube
+#: root of a variance does. Above the median the log stays: loud bars are where the volatility
+#: itself moves (crises, stochastic volatility), multiplicatively; the power there cost crisis
+#: recall on the shipped simulator, whose crisis minutes are a scale mixture.
+VOL_POWER = 2.0 / 3.0
 MIN_OBS = 20 * len(REGIMES)
 MIN_VARIANCE = 1e-6  # smallest covariance eigenvalue, standardized units
 TOL = 1e-3  # EM stops when the log-likelihood gains less than this
@@ -190,6 +200,7 @@ class RegimeModel:
         self.covars = np.asarray(params["covars"])
         self.labels: list[str] = list(params["labels"])  # state index -> regime
         self._mean, self._std = self.mean.tolist(), self.std.tolist()
+        self.vol_power = float(params.get("vol_power") or 0.0)  # 0 (ln) in models stored before
         nu = params.get("tail_nu")  # None in models stored before tails were read
         self.temper = float(params.get("temper") or 1.0)
         self._calm = [i for i, name in enumerate(self.labels) if name != "crisis"]
@@ -201,8 +212,11 @@ class RegimeModel:
         self._trans_cols = self.transmat.T.tolist()  # column j: P(state i -> j) for every i
 
     def standardize(self, x: Sequence[float | None]) -> list[float | None]:
-        return [None if v is None else (v - m) / s
-                for v, m, s in zip(x, self._mean, self._std, strict=True)]
+        z = [None if v is None else (v - m) / s
+             for v, m, s in zip(x, self._mean, self._std, strict=True)]
+        if len(z) > 1 and z[1] is not None and z[1] < 0 and self.vol_power:
+            z[1] = math.expm1(self.vol_power * z[1]) / self.vol_power  # ``_vol_z``
+        return z
 
     def log_emission(self, z: Sequence[float | None]) -> list[float]:
         """Log density of z (standardized) under every state; missing inputs marginalized."""
@@ -255,7 +269,7 @@ class RegimeModel:
 
 
 def label_states(means: F, covars: F, inputs: Sequence[str], scaler_mean: F, scaler_std: F,
-                 crisis_ratio: float) -> list[str]:
+                 crisis_ratio: float, vol_power: float = VOL_POWER) -> list[str]:
     """Regime of each hidden state, from its fitted emission (standardized units):
 
     - ``crisis``: volatility at least ``crisis_ratio`` times the long-run typical level (read from
@@ -263,7 +277,7 @@ def label_states(means: F, covars: F, inputs: Sequence[str], scaler_mean: F, sca
     - of the others, the highest drift is ``bull`` if it rises, the lowest ``bear`` if it falls,
       every other one ``sideways`` (drift in the returns' own units, the scaler undone)."""
     k = means.shape[0]
-    vol = _state_vol(means, covars, inputs)
+    vol = _state_vol(means, covars, inputs, vol_power)
     drift = means[:, 0] * scaler_std[0] + scaler_mean[0]
     labels = ["sideways"] * k
     calm = []
@@ -305,7 +319,8 @@ def _prior(n_features: int, stay_bars: float, crisis_ratio: float) -> tuple[F, F
         vol = 2.0 * crisis_ratio if name == "crisis" else vol
         means[i, 0], covars[i, 0, 0] = drift, vol * vol
         if n_features > 1:
-            means[i, 1], covars[i, 1, 1] = math.log(vol), BAR_VOL_SD ** 2
+            means[i, 1] = _vol_z(math.log(vol), VOL_POWER)
+            covars[i, 1, 1] = (BAR_VOL_SD * min(vol, 1.0) ** VOL_POWER) ** 2  # its slope
     leave = 1.0 / max(stay_bars, 1.0)
     trans = np.full((k, k), leave / (k - 1))
     np.fill_diagonal(trans, 1.0 - leave)
@@ -363,6 +378,8 @@ def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # the class
         return FitResult(req, False, "the returns are constant over the memory")
     win = x[-req.window:]
     z = (win[np.all(np.isfinite(win), axis=1)] - loc) / scale
+    if z.shape[1] > 1:
+        z[:, 1] = _vol_z(z[:, 1], VOL_POWER)
     if len(z) < MIN_OBS:
         return FitResult(req, False, f"too few complete observations ({len(z)})")
     best: Any = None
@@ -440,6 +457,7 @@ def _params(m: Any, req: TrainRequest, loc: F, scale: F, n: int) -> dict[str, An
         "startprob": m.startprob_.tolist(), "transmat": m.transmat_.tolist(),
         "means": m.means_.tolist(), "covars": m.covars_.tolist(),
         "labels": label_states(m.means_, m.covars_, req.inputs, loc, scale, req.crisis_ratio),
+        "vol_power": VOL_POWER,
         "stay_bars": req.stay_bars, "crisis_ratio": req.crisis_ratio, "window": n,
         "tail_nu": req.tail_nu or None,
     }
@@ -452,16 +470,28 @@ def _anchor_crisis(m: Any, req: TrainRequest) -> None:
     from the window."""
     i = REGIMES.index("crisis")
     means, covars, _ = _prior(m.means_.shape[1], req.stay_bars, req.crisis_ratio)
-    vol = _state_vol(m.means_, m.covars_, req.inputs)
+    vol = _state_vol(m.means_, m.covars_, req.inputs, VOL_POWER)
     if vol[i] < req.crisis_ratio:
         m.means_[i], m.covars_[i] = means[i], covars[i]
 
 
-def _state_vol(means: F, covars: F, inputs: Sequence[str]) -> F:
-    """Each state's volatility relative to the long-run typical level: from its mean log bar
-    volatility where bars have a range (the steadier estimate), else from its returns' spread."""
+def _vol_z(log_ratio: Any, power: float) -> Any:
+    """The model's volatility input from ln v, v over its long-run median (``VOL_POWER``)."""
+    if not power:
+        return log_ratio
+    return np.where(log_ratio < 0, np.expm1(power * np.minimum(log_ratio, 0.0)) / power, log_ratio)
+
+
+def _state_vol(means: F, covars: F, inputs: Sequence[str], power: float) -> F:
+    """Each state's volatility relative to the long-run typical level: from its mean volatility
+    input where bars have a range (the steadier estimate; ``_vol_z`` undone), else from its
+    returns' spread."""
     if "log_bar_vol" in inputs:
-        return np.exp(means[:, list(inputs).index("log_bar_vol")])
+        m = means[:, list(inputs).index("log_bar_vol")]
+        if not power:
+            return np.exp(m)
+        below = np.maximum(1.0 + power * np.minimum(m, 0.0), 0.0) ** (1.0 / power)
+        return np.where(m < 0, below, np.exp(np.maximum(m, 0.0)))
     return np.sqrt(covars[:, 0, 0])
 
 
