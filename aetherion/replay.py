@@ -60,7 +60,8 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
     s = settings.model_copy(update={
         "timeframes": tuple(tfs),
         "decision": settings.decision.model_copy(update={"timeframe": timeframe})})
-    safe = re.sub(r"[^a-z0-9_-]", "-", market_id.lower())[:32] or "replay"  # any name goes
+    # any name goes: an id starts with a letter or digit ("_x", "(spy)" stopped the replay)
+    safe = re.sub(r"[^a-z0-9_-]", "-", market_id.lower()).lstrip("-_")[:32] or "replay"
     market = MarketConfig(id=safe, venue="crypto", connector="simulator", symbol=market_id)
     sink = ListSink()
     pipe = build_pipeline(market, s, sink)

@@ -352,6 +352,15 @@ def test_trades_true_regime_is_the_last_trade_of_the_bar(tmp_path: Path) -> None
         assert row["true_regime"] == regimes[(last // 70) % 4].lower()
 
 
+@pytest.mark.parametrize("name", ["_x", "(SPY) daily", "---", "Dow Jones Industrial Average daily"])
+def test_any_market_name_goes(tmp_path: Path, name: str) -> None:
+    """``--market`` only names the output: one that is not a market id (a leading '_', a
+    bracket, nothing but dashes, over 32 characters) replays like any other."""
+    src = spy_daily_csv(tmp_path / "spy.csv", 300)
+    r = run(src, "--kind", "candles", f"--market={name}")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["bars"] == 300
+
+
 def test_rows_take_the_replay_timeframes_own_raw_regime(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     n = 1500
