@@ -114,7 +114,7 @@ class TrainRequest:
     stay_bars: float = 200.0
     stay_weight: float = 0.03
     crisis_ratio: float = 2.0
-    tail_nu: float = 10.0  # the filter reads each state with Student-t tails (0: Gaussian)
+    tail_nu: float = 10.0  # the filter reads a state's return with Student-t tails (0: Gaussian)
     temper_floor: float = 0.4  # least weight of the evidence between calm states (1: full)
 
 
@@ -523,8 +523,7 @@ def _em(GaussianHMM: Any, z: F, req: TrainRequest, jitter: F) -> Any:
                 m.fit(z)
                 iters = m.monitor_.iter
                 for _ in range(EMISSION_ROUNDS - 1):  # hmmlearn goes on from where it stopped
-                    h = m.monitor_.history
-                    if len(h) < 2 or h[-1] - h[-2] < m.tol:
+                    if not _gaining(m.monitor_.history):
                         break
                     m.fit(z)
                     iters += m.monitor_.iter
@@ -540,6 +539,11 @@ def _em(GaussianHMM: Any, z: F, req: TrainRequest, jitter: F) -> Any:
     raise AssertionError("unreachable")
 
 
+def _gaining(history: Sequence[float]) -> bool:
+    """EM's last step still gained ``TOL`` or more (it stopped at ``n_iter``, not converged)."""
+    return len(history) >= 2 and not history[-1] - history[-2] < TOL
+
+
 def _degenerate(m: Any) -> str | None:
     # Converged means EM stopped because the last step gained less than ``tol`` (with priors a
     # step may lose a little likelihood while it gains posterior), not that it ran out of
@@ -548,7 +552,7 @@ def _degenerate(m: Any) -> str | None:
     # raises the posterior, so stopped early its stays lie between the prior's and the data's
     # (seen on 3 of 30 histories of 600 simulated bars: still gaining 0.001-0.02 a step).
     h, iters = m.emission_fit_
-    if len(h) < 2 or not h[-1] - h[-2] < m.tol:
+    if len(h) < 2 or _gaining(h):
         gain = h[-1] - h[-2] if len(h) >= 2 else math.nan
         return f"did not converge in {iters} iterations (last gain {gain:.2g})"
     for name in ("startprob_", "means_", "covars_"):
