@@ -16,7 +16,7 @@ __all__ = ["RegimeConfig"]
 class RegimeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window: int = Field(default=8000, ge=100, le=20_000,
+    window: int = Field(default=16_000, ge=100, le=20_000,
                         description="bars EM is fitted on (the newest)")
     memory: int = Field(default=20_000, ge=100, le=200_000,
                         description="bars kept per timeframe for the long-run scale")

@@ -110,7 +110,7 @@ class TrainRequest:
     seed: int = 7
     restarts: int = 1
     n_iter: int = 100
-    window: int = 8000  # EM runs on the newest ``window`` observations; the scale uses all
+    window: int = 16_000  # EM runs on the newest ``window`` observations; the scale uses all
     stay_bars: float = 200.0
     stay_weight: float = 0.03
     crisis_ratio: float = 2.0
