@@ -4,6 +4,7 @@ the same faults as the native client, and the same guarantees where ccxt allows 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,6 +162,43 @@ async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
     assert conn.stats.book_resyncs == 1 and states[i:].count("resyncing") == 1
     assert_book_matches(server, run)
     assert_exact(server, run.out.ticks)
+    await run.stop()
+
+
+async def test_ccxt_repeating_the_same_book_neither_starves_nor_hangs(
+        server: FakeBinance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ccxt answering watch_order_book at once with the book it gave last (a future it had
+    already resolved: seen once, under load) must not spin the event loop: the trades go on,
+    and a book that stays the same for the watchdog's timeout is a dead feed (reconnect)."""
+    stuck = [True]  # the first connection's book sticks; the reconnect's is sound
+
+    class Sticky(CcxtConnector):
+        def _make_exchange(self) -> Any:
+            ex = super()._make_exchange()
+            real, last = ex.watch_order_book, []
+
+            async def watch_order_book(symbol: str, *args: Any, **kw: Any) -> Any:
+                if not (stuck[0] and last):  # ccxt updates its book in place: a copy
+                    last[:] = [copy.deepcopy(await real(symbol, *args, **kw))]
+                return last[0]  # at once: no await that yields
+
+            ex.watch_order_book = watch_order_book
+            return ex
+
+    monkeypatch.setenv("TEST_BINANCE_KEY", "k")  # backfill by id: the reconnect leaves no hole
+    market = market_for(server, "ccxt", exchange="binance", api_key_env="TEST_BINANCE_KEY")
+    run = Running(Sticky(CcxtConfig(market, watchdog_s=1.0, backoff_initial_s=0.05,
+                                    backoff_cap_s=0.2, book_interval_s=0.0)))
+    await wait_for(lambda: subscribed(server), what="subscribed")
+    server.rate = 400.0  # trades stream on (feeding the watchdog) while the book sticks
+    server.play()
+    await server.wait_published(300)  # streamed while the book sticks: the loop was not starved
+    await wait_for(lambda: run.conn.stats.reconnects >= 1, timeout=10, what="reconnect")
+    assert "repeated update" in str(run.conn.stats.last_error)
+    stuck[0] = False
+    await all_received(server, run)
+    assert_exact(server, run.out.ticks)
+    await wait_for(lambda: run.out.books[-1].sequence == server.update_id, what="book caught up")
     await run.stop()
 
 

@@ -47,6 +47,7 @@ import msgspec
 import structlog
 
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
+from aetherion.ingest.backoff import SilentConnection
 from aetherion.ingest.base import Checkpoints, ConnectorConfig
 from aetherion.ingest.checkpoint import Position
 from aetherion.ingest.live import Failure, LiveConfig, LiveConnector
@@ -56,6 +57,7 @@ __all__ = ["CcxtConfig", "CcxtConnector", "CcxtTrade", "parse_to_book"]
 log = structlog.get_logger(__name__)
 
 RAW_LOG_CHARS = 200
+BOOK_REPEAT_PAUSE_S = 0.05  # the wait when ccxt hands back the order book it gave last
 CONSECUTIVE_IDS = frozenset({"binance", "binanceus"})
 EXCHANGE_OPTIONS: dict[str, dict[str, object]] = {
     "binance": {"fetchMarkets": {"types": ["spot"]}},
@@ -356,9 +358,26 @@ class CcxtConnector(LiveConnector):
 
     async def _book_loop(self) -> None:
         watch, symbol = self.watchdog.next, self.market.symbol
+        last_nonce, same_since = None, 0.0
         while True:
             try:
                 ob = await watch(lambda: self.ex.watch_order_book(symbol))
+                # ccxt may answer from a future it already resolved: the same book at once,
+                # without the event loop getting a turn (seen once in a test, under load: a
+                # loop that starved every other task while ccxt's state grew to 15 GB). Each
+                # book gives the loop a turn; the same book again waits a little, and a book
+                # that stays the same for the watchdog's timeout is a dead feed (reconnect).
+                nonce = ob.get("nonce")
+                if nonce is None or nonce != last_nonce:
+                    last_nonce, same_since = nonce, time.monotonic()
+                    await asyncio.sleep(0)
+                elif time.monotonic() - same_since > self.watchdog.timeout_s:
+                    raise SilentConnection(
+                        f"the order book repeated update {nonce} for "
+                        f"{self.watchdog.timeout_s:g} s")
+                else:
+                    await asyncio.sleep(BOOK_REPEAT_PAUSE_S)
+                    continue
             except ccxtpro.ChecksumError as e:  # a sequence gap: ccxt dropped its book
                 # ccxt raises again for every diff until its new snapshot is in: one resync,
                 # one warning, one "resyncing" book (seen: 251 of each in a second, and the
@@ -369,6 +388,7 @@ class CcxtConnector(LiveConnector):
                     log.warning("ccxt: order book gap, resyncing", market=self.market.id,
                                 error=str(e)[:RAW_LOG_CHARS])
                     await self._emit_resyncing()
+                await asyncio.sleep(0)  # raised at once, again and again: others get a turn
                 continue
             if self.stats.state != "live":
                 self.stats.state = "live"
