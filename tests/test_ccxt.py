@@ -165,12 +165,11 @@ async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
     await run.stop()
 
 
-async def test_ccxt_repeating_the_same_book_neither_starves_nor_hangs(
-        server: FakeBinance, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ccxt_repeating_the_same_book_neither_starves_nor_spins(server: FakeBinance) -> None:
     """ccxt answering watch_order_book at once with the book it gave last (a future it had
-    already resolved: seen once, under load) must not spin the event loop: the trades go on,
-    and a book that stays the same for the watchdog's timeout is a dead feed (reconnect)."""
-    stuck = [True]  # the first connection's book sticks; the reconnect's is sound
+    already resolved: seen in a test under load, after a resync) must not spin the event loop:
+    the trades go on, the repeats are few, and the book catches up once ccxt moves on."""
+    stuck, calls = [True], [0]
 
     class Sticky(CcxtConnector):
         def _make_exchange(self) -> Any:
@@ -178,6 +177,7 @@ async def test_ccxt_repeating_the_same_book_neither_starves_nor_hangs(
             real, last = ex.watch_order_book, []
 
             async def watch_order_book(symbol: str, *args: Any, **kw: Any) -> Any:
+                calls[0] += 1
                 if not (stuck[0] and last):  # ccxt updates its book in place: a copy
                     last[:] = [copy.deepcopy(await real(symbol, *args, **kw))]
                 return last[0]  # at once: no await that yields
@@ -185,16 +185,14 @@ async def test_ccxt_repeating_the_same_book_neither_starves_nor_hangs(
             ex.watch_order_book = watch_order_book
             return ex
 
-    monkeypatch.setenv("TEST_BINANCE_KEY", "k")  # backfill by id: the reconnect leaves no hole
-    market = market_for(server, "ccxt", exchange="binance", api_key_env="TEST_BINANCE_KEY")
-    run = Running(Sticky(CcxtConfig(market, watchdog_s=1.0, backoff_initial_s=0.05,
-                                    backoff_cap_s=0.2, book_interval_s=0.0)))
-    await wait_for(lambda: subscribed(server), what="subscribed")
-    server.rate = 400.0  # trades stream on (feeding the watchdog) while the book sticks
+    run = Running(Sticky(CcxtConfig(market_for(server, "ccxt", exchange="binance"),
+                                    watchdog_s=5.0, backoff_initial_s=0.05, backoff_cap_s=0.2)))
+    await wait_for(lambda: subscribed(server) and calls[0] > 1, what="the book stuck")
+    t0, n0 = time.monotonic(), calls[0]
     server.play()
-    await server.wait_published(300)  # streamed while the book sticks: the loop was not starved
-    await wait_for(lambda: run.conn.stats.reconnects >= 1, timeout=10, what="reconnect")
-    assert "repeated update" in str(run.conn.stats.last_error)
+    await server.wait_published(600)  # streamed while the book sticks: the loop was not starved
+    per_s = (calls[0] - n0) / (time.monotonic() - t0)
+    assert per_s < 100, f"{per_s:.0f} calls/s: the book loop spins"
     stuck[0] = False
     await all_received(server, run)
     assert_exact(server, run.out.ticks)

@@ -47,7 +47,6 @@ import msgspec
 import structlog
 
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
-from aetherion.ingest.backoff import SilentConnection
 from aetherion.ingest.base import Checkpoints, ConnectorConfig
 from aetherion.ingest.checkpoint import Position
 from aetherion.ingest.live import Failure, LiveConfig, LiveConnector
@@ -358,26 +357,21 @@ class CcxtConnector(LiveConnector):
 
     async def _book_loop(self) -> None:
         watch, symbol = self.watchdog.next, self.market.symbol
-        last_nonce, same_since = None, 0.0
+        last_nonce = None
         while True:
             try:
                 ob = await watch(lambda: self.ex.watch_order_book(symbol))
                 # ccxt may answer from a future it already resolved: the same book at once,
-                # without the event loop getting a turn (seen once in a test, under load: a
-                # loop that starved every other task while ccxt's state grew to 15 GB). Each
-                # book gives the loop a turn; the same book again waits a little, and a book
-                # that stays the same for the watchdog's timeout is a dead feed (reconnect).
+                # without the event loop getting a turn (seen in a test under load, after a
+                # resync: a loop that starved every other task while ccxt's state grew to
+                # 15 GB). Each book gives the loop a turn; the same update again waits a little
+                # (a quiet book is not a dead feed: the trades' watchdog judges the connection).
                 nonce = ob.get("nonce")
-                if nonce is None or nonce != last_nonce:
-                    last_nonce, same_since = nonce, time.monotonic()
-                    await asyncio.sleep(0)
-                elif time.monotonic() - same_since > self.watchdog.timeout_s:
-                    raise SilentConnection(
-                        f"the order book repeated update {nonce} for "
-                        f"{self.watchdog.timeout_s:g} s")
-                else:
+                if nonce is not None and nonce == last_nonce:
                     await asyncio.sleep(BOOK_REPEAT_PAUSE_S)
                     continue
+                last_nonce = nonce
+                await asyncio.sleep(0)
             except ccxtpro.ChecksumError as e:  # a sequence gap: ccxt dropped its book
                 # ccxt raises again for every diff until its new snapshot is in: one resync,
                 # one warning, one "resyncing" book (seen: 251 of each in a second, and the
