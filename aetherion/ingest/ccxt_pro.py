@@ -56,7 +56,6 @@ __all__ = ["CcxtConfig", "CcxtConnector", "CcxtTrade", "parse_to_book"]
 log = structlog.get_logger(__name__)
 
 RAW_LOG_CHARS = 200
-BOOK_REPEAT_PAUSE_S = 0.05  # the wait when ccxt hands back the order book it gave last
 CONSECUTIVE_IDS = frozenset({"binance", "binanceus"})
 EXCHANGE_OPTIONS: dict[str, dict[str, object]] = {
     "binance": {"fetchMarkets": {"types": ["spot"]}},
@@ -357,21 +356,9 @@ class CcxtConnector(LiveConnector):
 
     async def _book_loop(self) -> None:
         watch, symbol = self.watchdog.next, self.market.symbol
-        last_nonce = None
         while True:
             try:
                 ob = await watch(lambda: self.ex.watch_order_book(symbol))
-                # ccxt may answer from a future it already resolved: the same book at once,
-                # without the event loop getting a turn (seen in a test under load, after a
-                # resync: a loop that starved every other task while ccxt's state grew to
-                # 15 GB). Each book gives the loop a turn; the same update again waits a little
-                # (a quiet book is not a dead feed: the trades' watchdog judges the connection).
-                nonce = ob.get("nonce")
-                if nonce is not None and nonce == last_nonce:
-                    await asyncio.sleep(BOOK_REPEAT_PAUSE_S)
-                    continue
-                last_nonce = nonce
-                await asyncio.sleep(0)
             except ccxtpro.ChecksumError as e:  # a sequence gap: ccxt dropped its book
                 # ccxt raises again for every diff until its new snapshot is in: one resync,
                 # one warning, one "resyncing" book (seen: 251 of each in a second, and the
@@ -382,7 +369,6 @@ class CcxtConnector(LiveConnector):
                     log.warning("ccxt: order book gap, resyncing", market=self.market.id,
                                 error=str(e)[:RAW_LOG_CHARS])
                     await self._emit_resyncing()
-                await asyncio.sleep(0)  # raised at once, again and again: others get a turn
                 continue
             if self.stats.state != "live":
                 self.stats.state = "live"
