@@ -32,6 +32,7 @@ from aetherion.regime.model import (
     RegimeModel,
     TrainRequest,
     _em,
+    _model_inputs,
     _scaler,
     _state_vol,
     _tools,
@@ -359,10 +360,7 @@ def sim_obs(path: Path, options: SimulateOptions) -> list[tuple[float | None, ..
 def _vol_input(obs: list[tuple[float | None, ...]]) -> np.ndarray[Any, Any]:
     """The standardized window ``fit`` runs EM on."""
     x = np.array(obs, dtype=float)
-    loc, scale = _scaler(x)
-    z = (x - loc) / scale
-    z[:, 1] = _vol_z(z[:, 1], VOL_POWER)
-    return z
+    return _model_inputs(x, *_scaler(x))
 
 
 def test_a_fit_is_judged_by_its_emissions_converging(tmp_path: Path) -> None:

@@ -382,9 +382,7 @@ def _fit(req: TrainRequest, GaussianHMM: Any) -> FitResult:  # the class
     if not scale[0] > 0 or not math.isfinite(scale[0]):
         return FitResult(req, False, "the returns are constant over the memory")
     win = x[-req.window:]
-    z = (win[np.all(np.isfinite(win), axis=1)] - loc) / scale
-    if z.shape[1] > 1:
-        z[:, 1] = _vol_z(z[:, 1], VOL_POWER)
+    z = _model_inputs(win[np.all(np.isfinite(win), axis=1)], loc, scale)
     if len(z) < MIN_OBS:
         return FitResult(req, False, f"too few complete observations ({len(z)})")
     best: Any = None
@@ -478,6 +476,14 @@ def _anchor_crisis(m: Any, req: TrainRequest) -> None:
     vol = _state_vol(m.means_, m.covars_, req.inputs, VOL_POWER)
     if vol[i] < req.crisis_ratio:
         m.means_[i], m.covars_[i] = means[i], covars[i]
+
+
+def _model_inputs(x: F, loc: F, scale: F) -> F:
+    """What EM reads: observations in long-run units, the volatility as ``_vol_z``."""
+    z = (x - loc) / scale
+    if z.shape[1] > 1:
+        z[:, 1] = _vol_z(z[:, 1], VOL_POWER)
+    return z
 
 
 def _vol_z(log_ratio: Any, power: float) -> Any:
