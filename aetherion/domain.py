@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 __all__ = [
+    "BEFORE_ANY_TIME",
     "BUY",
     "REGIMES",
     "SELL",
@@ -42,6 +43,10 @@ VENUES: Final = ("crypto", "us", "nse")
 BUY: Final = 1
 SELL: Final = -1
 UNKNOWN_SIDE: Final = 0
+
+#: An epoch time (ms) before any real one: "nothing seen yet" where times are compared by
+#: max or <. Not 0: daily data from before 1970 has negative epoch times.
+BEFORE_ANY_TIME: Final = -(1 << 62)
 
 #: The timeframes AETHERION knows, in milliseconds. Each is a whole multiple of every smaller one.
 TIMEFRAME_MS: Final[dict[str, int]] = {

@@ -227,15 +227,21 @@ def test_close_only_gaps_and_prices_not_above_zero_are_dropped_and_counted(
 
 def test_times_before_1970_replay_like_any_other(tmp_path: Path) -> None:
     """FRED's gold fixing starts in 1968: epoch times below 0 are bars like any other (the
-    candle engine once took every one of them for a late arrival and stopped the replay)."""
+    candle engine once took every one of them for a late arrival and stopped the replay, and
+    then every model took effect at time 0, so no bar before 1970 had a regime)."""
     spy = pl.read_csv(spy_daily_csv(tmp_path / "spy.csv", 1000))
-    days = pl.date_range(pl.date(1968, 4, 1), pl.date(1973, 12, 31), "1d", eager=True)[:1000]
-    closes = tmp_path / "closes.csv"
-    pl.DataFrame({"ts": days, "close": spy["close"]}).write_csv(closes)
-    rows = replay(load(closes, "candles"), Settings(regime_restarts=1), "gold").rows
-    assert [r["ts"][:10] for r in rows] == [str(d) for d in days]
-    assert rows[0]["open_time"] < 0 < rows[-1]["open_time"]
-    assert sum(r["regime_raw"] != "unknown" for r in rows) > 300
+    labels = {}
+    for year in (1968, 1990):
+        days = pl.date_range(pl.date(year, 4, 1), pl.date(year + 5, 12, 31), "1d",
+                             eager=True)[:1000]
+        closes = tmp_path / f"closes{year}.csv"
+        pl.DataFrame({"ts": days, "close": spy["close"]}).write_csv(closes)
+        rows = replay(load(closes, "candles"), Settings(regime_restarts=1), "gold").rows
+        assert [r["ts"][:10] for r in rows] == [str(d) for d in days]
+        labels[year] = [(r["regime_raw"], r["regime"], r["exposure"]) for r in rows]
+    assert rows[0]["open_time"] > 0
+    assert labels[1968] == labels[1990]  # the same closes: the same regimes, whatever the date
+    assert sum(raw != "unknown" for raw, _, _ in labels[1968]) > 700
     trades = tmp_path / "trades.csv"  # one a second across midnight of 1970-01-01
     ts = range(-120_000, 120_000, 1000)
     trades.write_text("ts,price,size\n" + "".join(f"{t},{100 + t % 7 / 10},1\n" for t in ts))

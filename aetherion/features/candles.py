@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from aetherion.domain import BUY, SELL, TIMEFRAME_MS, Bar, Tick
+from aetherion.domain import BEFORE_ANY_TIME, BUY, SELL, TIMEFRAME_MS, Bar, Tick
 
 __all__ = ["CandleEngine"]
 
@@ -122,9 +122,8 @@ class CandleEngine:
         self.late_dropped = 0
         self._open: list[_State | None] = [None] * len(self._tf_ms)
         self._closed: list[dict[int, _State]] = [{} for _ in self._tf_ms]
-        # every interval ending by then is closed; from before any time (daily data from 1968
-        # has negative epoch times)
-        self._closed_until = [-(1 << 62)] * len(self._tf_ms)
+        # every interval ending by then is closed
+        self._closed_until = [BEFORE_ANY_TIME] * len(self._tf_ms)
 
     # ---- trades in ------------------------------------------------------------------------
 

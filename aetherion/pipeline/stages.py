@@ -18,7 +18,7 @@ from aetherion.config import MarketConfig, Settings
 from aetherion.decision.config import DecisionConfig
 from aetherion.decision.model import PolicyState
 from aetherion.decision.policy import DecisionPolicy
-from aetherion.domain import Bar, Features, ModelVersion, Tick
+from aetherion.domain import BEFORE_ANY_TIME, Bar, Features, ModelVersion, Tick
 from aetherion.features.candles import CandleEngine
 from aetherion.features.engine import FeatureEngine
 from aetherion.pipeline.sinks import Sink
@@ -67,7 +67,7 @@ class MarketPipeline:
         self.policy = DecisionPolicy(market.id, stages.decision)
         self.last_closed: dict[str, Bar] = {}
         self.last_features: dict[str, Features] = {}
-        self.event_ms = 0  # close time of the latest bars fed through (event time)
+        self.event_ms = BEFORE_ANY_TIME  # close time of the latest bars fed through (event time)
 
     def on_ticks(self, ticks: Sequence[Tick]) -> None:
         self.sink.ticks(self.market, ticks)
