@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -23,6 +23,9 @@ from aetherion.domain import TIMEFRAME_MS
 from aetherion.logs import configure_logging
 from aetherion.regime.config import RegimeConfig
 from aetherion.report import DEFAULT_FEE_BPS, DEFAULT_SLIPPAGE_BPS
+
+if TYPE_CHECKING:
+    from aetherion.recorded import Loaded
 
 __all__ = ["main"]
 
@@ -150,6 +153,16 @@ def _run(settings: Settings) -> int:
     return 0 if server.started else 1
 
 
+def _log_skipped(path: Path, loaded: Loaded) -> None:
+    import structlog
+
+    for rows, what in ((loaded.dropped, "rows without a usable close dropped"),
+                       (loaded.no_range, "rows without a usable open, high or low read as "
+                        "closes only")):
+        if rows:
+            structlog.get_logger(__name__).warning(what, file=str(path), rows=rows)
+
+
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from aetherion.replay import InputError, load, replay, summary_line, write_rows
     from aetherion.report import classification, performance, plot
@@ -163,12 +176,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             result = _from_store(args, settings)
         else:
             loaded = load(args.input, args.kind, args.column, settings.replay_max_bytes)
-            if loaded.dropped:
-                import structlog
-
-                structlog.get_logger(__name__).warning(
-                    "rows without a usable close dropped", file=str(args.input),
-                    rows=loaded.dropped)
+            _log_skipped(args.input, loaded)
             result = replay(loaded, settings, args.market, args.timeframe,
                             progress=sys.stderr.isatty())
     except InputError as e:

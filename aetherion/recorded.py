@@ -37,9 +37,11 @@ one column per ticker; a file of a date column and one other needs no ``column``
 becomes ``ts``, the ticker's values ``close``. In close-only data a row whose close is missing
 (empty, ``.``, ``NA``, ``NaN``, ``null``...) or not above 0 (a futures price can go negative) is
 dropped and counted (``closes_dropped`` in the summary): such series mark holidays and gaps that
-way. Candles with open, high and low are read the same way where a row has no price at all
-(Yahoo's daily files give a holiday a row of ``null``): dropped and counted; a row with only
-some of its prices is still an error.
+way. Candles with open, high and low are read the same way where a row has no usable close
+(Yahoo's daily files give a holiday a row of ``null``): dropped and counted. A row with a close
+but without a usable open, high or low (missing, or not above 0: Yahoo's ``^GSPC`` and ``^DJI``
+give an open of 0 from 1962 to 1982) is read as that close alone, open = high = low = close, and
+counted (``ranges_missing`` in the summary). A value that is not a number is still an error.
 
 Truth: a ``true_regime`` column (trades or candles; bull, bear, sideways or crisis, any case) is
 carried to the output. Each row gets that candle's value, or for trades the value of the last
@@ -105,6 +107,7 @@ class Loaded:
     duplicates: int = 0
     source: str = "input"  # the file, for errors found later
     dropped: int = 0  # rows without a usable close (``_usable_closes``) or with no price
+    no_range: int = 0  # candle rows with a close but no usable open, high or low: closes only
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -252,16 +255,20 @@ def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None)
     if "close" not in have:
         return _finish(path, _with_truth(path, df, _candle_frame(path, df)), kind)  # says so
     prices = [c for c in (*RANGE_COLUMNS, "close") if c in have]
-    if len(prices) > 1:  # Yahoo's files give a holiday a row of nulls
-        drop = pl.DataFrame([_missing(df[c]) for c in prices]).select(
-            pl.all_horizontal(pl.all())).to_series()
-    else:
-        drop = ~_usable_closes(df["close"])
+    drop = ~_usable_closes(df["close"])  # Yahoo's files give a holiday a row of nulls
+    if len(prices) > 1:
+        # a close without its range (Yahoo's ^GSPC and ^DJI open at 0 in 1962-1982): that row
+        # is read as a close alone, o = h = l = c, as close-only data is
+        no_range = ~drop & pl.DataFrame([~_usable_closes(df[c]) for c in prices[:-1]]).select(
+            pl.any_horizontal(pl.all())).to_series()
+        df = df.with_columns(pl.when(no_range).then(pl.col("close").cast(df[c].dtype))
+                             .otherwise(c).alias(c) for c in prices[:-1])
     # dropped rows get placeholders and go after parsing, so later errors keep their rows
     df = df.with_columns(pl.when(drop).then(pl.lit(1).cast(df[c].dtype)).otherwise(c).alias(c)
                          for c in (*prices, "volume", ADJ_CLOSE) if c in have)
     frame = _with_truth(path, df, _candle_frame(path, df)).filter(~drop)
-    return _finish(path, frame, kind, dropped=len(df) - len(frame))
+    return _finish(path, frame, kind, dropped=len(df) - len(frame),
+                   no_range=int(no_range.sum()) if len(prices) > 1 else 0)
 
 
 def _with_truth(path: Path, df: pl.DataFrame, cols: dict[str, pl.Series]) -> pl.DataFrame:
@@ -514,7 +521,7 @@ def _lean_trades(path: Path, data: bytes) -> pl.DataFrame:
 
 
 def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2,
-            dropped: int = 0) -> Loaded:
+            dropped: int = 0, no_range: int = 0) -> Loaded:
     """Sorted by ``ts``, repeated trade ids dropped; ``first``: the file row of the first."""
     if df.is_empty():
         raise InputError(f"{path}: no rows")
@@ -532,4 +539,4 @@ def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2,
         n = len(df)
         df = df.unique(subset="trade_id", keep="first", maintain_order=True)
         duplicates = n - len(df)
-    return Loaded(kind, df, unsorted, duplicates, str(path), dropped)
+    return Loaded(kind, df, unsorted, duplicates, str(path), dropped, no_range)

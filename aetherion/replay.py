@@ -102,7 +102,7 @@ def replay(loaded: Loaded, settings: Settings, market_id: str = "replay",
         "models": {"active": sum(m.status == "active" for m in sink.models),
                    "rejected": sum(m.status != "active" for m in sink.models)},
         "unsorted_rows_sorted": loaded.unsorted, "duplicate_trades_dropped": loaded.duplicates,
-        "closes_dropped": loaded.dropped,
+        "closes_dropped": loaded.dropped, "ranges_missing": loaded.no_range,
         "late_trades_dropped": pipe.candles.late_dropped,
     }
     return ReplayResult(market, rows, summary, sink)

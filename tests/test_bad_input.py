@@ -92,10 +92,10 @@ DAY = T0 - T0 % 86_400_000
     ("price.csv", _text(TRADES + f"{T0 + 1},-3.5,1\n"), "row 3, column price"),
     ("price.csv", _text(TRADES + f"{T0 + 1},inf,1\n"), "row 3, column price"),
     ("price.csv", _text(TRADES + f"{T0 + 1},NaN,1\n"), "row 3, column price"),
-    ("open.csv", _text(CANDLES + f"{NEXT},-1,101,99,100\n"), "row 3, column open"),
-    ("high.csv", _text(CANDLES + f"{NEXT},100,0,99,100\n"), "row 3, column high"),
-    ("low.csv", _text(CANDLES + f"{NEXT},100,101,-99,100\n"), "row 3, column low"),
-    ("close.csv", _text(CANDLES + f"{NEXT},100,101,99,nan\n"), "row 3, column close"),
+    ("open.csv", _text(CANDLES + f"{NEXT},1OO,101,99,100\n"), "row 3, column open"),
+    ("high.csv", _text(CANDLES + f"{NEXT},100,1O1,99,100\n"), "row 3, column high"),
+    ("low.csv", _text(CANDLES + f"{NEXT},100,101,99x,100\n"), "row 3, column low"),
+    ("close.csv", _text(CANDLES + f"{NEXT},100,101,99,1OO\n"), "row 3, column close"),
     ("closes.csv", _text(f"ts,close\n{DAY},1\n{DAY + 86_400_000},1O2\n"), "row 3, column close"),
     ("closes.csv", _text(f"ts,close\n{DAY},.\n{DAY + 86_400_000},0\n"), "no rows"),
     ("spy_20131011_trade.csv", _text("34200000,1690000,100\n34200001,0,100\n"),  # Lean, headerless
@@ -103,7 +103,7 @@ DAY = T0 - T0 % 86_400_000
     ("long.csv", _text(TRADES + f"{T0 + 1},{'7' * 100_000}x,1\n"), "row 3, column price"),
 ], ids=["ts-beyond-64-bits", "ts-below-64-bits", "ts-arabic-indic-digits", "ts-beyond-year-9999",
         "parquet-list-column", "price-not-a-number", "price-zero", "price-negative", "price-inf",
-        "price-nan", "open-negative", "high-zero", "low-negative", "close-nan",
+        "price-nan", "open-letter-o", "high-letter-o", "low-letter-x", "close-letter-o",
         "close-only-letter-o", "close-only-all-dropped", "lean-trade-price-zero",
         "value-of-100k-chars"])
 def test_bad_replay_input_is_one_line(tmp_path: Path, name: str, write: Callable[[Path], None],

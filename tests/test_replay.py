@@ -252,21 +252,35 @@ def test_times_before_1970_replay_like_any_other(tmp_path: Path) -> None:
 
 def test_yahoo_holiday_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     """Yahoo's daily files give a holiday a row of nulls: dropped and counted as a close-only
-    gap is; a row with only some of its prices still stops the replay, at its own row."""
+    gap is, and so is a row without a close. A row with a close but no usable open, high or
+    low (^GSPC and ^DJI open at 0 from 1962 to 1982) is that close alone, o = h = l = c, and
+    counted. A value that is not a number still stops the replay, at its own row."""
     head = "Date,Open,High,Low,Close,Adj Close,Volume\n"
     days = [f"2001-04-{d:02d}" for d in range(2, 28)]
     lines = [f"{d},{100 + i},{102 + i},{99 + i},{101 + i},{101 + i},{1000 + i}\n"
              for i, d in enumerate(days)]
     lines[10] = f"{days[10]},null,null,null,null,null,null\n"
     lines[11] = f"{days[11]},,,,,,\n"
+    lines[12] = f"{days[12]},112,114,111,null,null,1012\n"
+    lines[3] = f"{days[3]},0.0,105,102,104,104,1003\n"
+    lines[5] = f"{days[5]},105,null,104,106,106,1005\n"
+    lines[6] = f"{days[6]},106,108,-105,107,107,1006\n"
     src = tmp_path / "dax.csv"
     src.write_text(head + "".join(lines))
     loaded = load(src)
-    assert loaded.dropped == 2 and len(loaded.frame) == len(days) - 2
-    assert loaded.frame["open"].to_list() == [100.0 + i for i in range(26) if i not in (10, 11)]
-    lines[5] = f"{days[5]},105,null,104,106,106,1005\n"
+    assert loaded.dropped == 3 and len(loaded.frame) == len(days) - 3
+    assert loaded.no_range == 3
+    kept = [i for i in range(26) if i not in (10, 11, 12)]
+    assert loaded.frame["close"].to_list() == [101.0 + i for i in kept]
+    assert loaded.frame["open"].to_list() == [
+        101.0 + i if i in (3, 5, 6) else 100.0 + i for i in kept]
+    assert loaded.frame["high"].to_list() == [
+        101.0 + i if i in (3, 5, 6) else 102.0 + i for i in kept]
+    summary = replay(loaded, Settings(), "dax").summary
+    assert (summary["closes_dropped"], summary["ranges_missing"]) == (3, 3)
+    lines[7] = f"{days[7]},107,1o9,106,108,108,1007\n"
     src.write_text(head + "".join(lines))
-    with pytest.raises(InputError, match="row 7, column high: cannot parse 'null'"):
+    with pytest.raises(InputError, match="row 9, column high: cannot parse '1o9'"):
         load(src)
 
 
