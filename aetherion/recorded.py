@@ -5,7 +5,8 @@ Input: CSV or Parquet (``.gz``/``.zip`` accepted). Trades: ``ts, price, size`` a
 ``volume`` (0 when absent). ``ts`` is ISO-8601 or epoch milliseconds, UTC (a column of epoch
 seconds, microseconds or nanoseconds is recognised by its range and converted; a column of
 dates written month/day/year, day/month/year or day.month.year, as spreadsheets and some
-downloads write them, is read as such: ``_dates``); without a ``ts``
+downloads write them, is read as such: ``_dates``; so is a column of midnights with a UTC
+offset, as yfinance writes daily bars: ``LOCAL_MIDNIGHT``); without a ``ts``
 column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. With an ``Adj Close``
 column (Yahoo's) the prices are scaled by ``Adj Close / Close`` row by row. NASDAQ.com's
 ``Close/Last`` and Investing.com's ``Price`` (beside Open, High and Low) are the close; numbers
@@ -86,6 +87,10 @@ PRICES = {"price", "open", "high", "low", "close"}
 ADJ_CLOSE = "adj close"  # Yahoo's split- and dividend-adjusted close (names lowercased)
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%b %d, %Y")  # read when ISO-8601 does not
 DATED = r"^([0-9]{1,2}[/.][0-9]{1,2}[/.]|[A-Za-z]{3} [0-9]{1,2}, )[0-9]{4}$"  # one of those
+#: midnight with a UTC offset, as yfinance writes a daily bar ("2020-01-02 00:00:00-05:00"): when
+#: every row is one, each is read as its date (the offset would put the bar at 05:00 UTC, off a
+#: day's boundary, or for an offset east of UTC on the day before)
+LOCAL_MIDNIGHT = r"^\d{4}-\d{2}-\d{2}[ T]00:00(?::00(?:\.0+)?)?[+-]\d{2}:?\d{2}$"
 MISSING = ["", ".", "na", "n/a", "#n/a", "nan", "null", "none", "-", "--"]  # a close-only gap
 # 1,234.5 or $129.93 (Investing.com's and NASDAQ.com's downloads): the commas and the currency
 # sign go; anything else with a comma (1.234,5; 1,23) is not read as a number
@@ -436,6 +441,9 @@ def _ts(path: Path, s: pl.Series) -> pl.Series:
         if text.str.contains(DATED).all() \
                 and (dates := _dates(text)) is not None:  # not polars' guess: day first
             parsed = dates
+        elif text.str.contains(LOCAL_MIDNIGHT).all():  # yfinance's daily: the exchange's date
+            parsed = text.str.slice(0, 10).str.to_datetime(
+                "%Y-%m-%d", time_zone="UTC", strict=False, time_unit="ms").dt.epoch("ms")
     if parsed.null_count():
         raise _bad_row(path, "ts", s, parsed)
     return (_in_ms(parsed) if numbers and len(parsed) else parsed).alias("ts")

@@ -324,6 +324,24 @@ def test_dates_as_spreadsheets_write_them(tmp_path: Path, fmt: str, first: str) 
         load(mixed)
 
 
+def test_yfinance_daily_midnights_with_an_offset_are_their_dates(tmp_path: Path) -> None:
+    """yfinance writes a daily bar as the exchange's midnight with its UTC offset
+    (2020-03-06 00:00:00-05:00; Tokyo's +09:00 is the day before in UTC): each is its date,
+    so the file replays as daily bars. Times that are not all midnights keep their offsets."""
+    days = [(2020, 3, 6), (2020, 3, 9), (2020, 3, 10)]  # the US clocks moved on the 8th
+    for offsets in (("-05:00", "-04:00", "-04:00"), ("+09:00",) * 3):
+        src = tmp_path / "yf.csv"
+        src.write_text("Date,Open,High,Low,Close,Volume\n" + "".join(
+            f"{y}-{m:02d}-{d:02d} 00:00:00{o},10,11,9,10.5,100\n"
+            for (y, m, d), o in zip(days, offsets, strict=True)))
+        ts = load(src).frame["ts"].to_list()
+        assert ts == [int(datetime(y, m, d, tzinfo=UTC).timestamp() * 1000) for y, m, d in days]
+        assert len(replay(load(src), Settings(), "yf").rows) == 3
+    src.write_text("ts,price,size\n2020-03-06 09:30:00-05:00,10,1\n"
+                   "2020-03-06 00:00:00-05:00,10,1\n")
+    assert load(src).frame["ts"].to_list() == [1583470800000, 1583505000000]  # sorted
+
+
 @pytest.mark.parametrize("unit", [1, 1_000_000, 1_000_000_000], ids=["s", "us", "ns"])
 def test_epoch_seconds_micro_and_nanoseconds_are_read_as_such(tmp_path: Path, unit: int) -> None:
     """A column of epoch seconds (or µs, ns) is recognised by its range: the same bars as the
