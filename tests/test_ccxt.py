@@ -164,6 +164,81 @@ async def test_ccxt_depth_gap_shows_resyncing(server: FakeBinance) -> None:
     await run.stop()
 
 
+class SpinDetected(Exception):
+    """watch_order_book called again and again with no turn of the event loop in between."""
+
+
+class SpinGuarded(CcxtConnector):
+    """A loop that calls ccxt's ``watch_order_book`` 1,000 times within one turn of the event
+    loop starves everything else (the watchdog included): the guard then raises, so a test
+    fails instead of hanging."""
+
+    spun = False
+
+    def _make_exchange(self) -> Any:
+        ex = super()._make_exchange()
+        real, loop, calls = ex.watch_order_book, asyncio.get_running_loop(), [0]
+
+        def turned() -> None:
+            calls[0] = 0
+
+        def watch_order_book(*args: Any, **kw: Any) -> Any:
+            if calls[0] == 0:
+                loop.call_soon(turned)
+            calls[0] += 1
+            if calls[0] > 1000:
+                self.spun = True
+                raise SpinDetected("watch_order_book: 1,000 calls, no turn of the event loop")
+            return real(*args, **kw)
+
+        ex.watch_order_book = watch_order_book
+        return ex
+
+
+async def test_ccxt_depth_gap_while_the_book_loop_is_busy_does_not_spin(
+        server: FakeBinance) -> None:
+    """A gap ccxt finds while no watch_order_book call waits (the book loop busy putting out a
+    book) is kept as a rejection, and ccxt keeps the rejected future: every call after raises
+    ChecksumError at once, without suspending, until ccxt resolves the book again, which
+    needs a resubscribe the loop itself must let out."""
+    conn = SpinGuarded(CcxtConfig(market_for(server, "ccxt", exchange="binance"),
+                                  watchdog_s=5.0, backoff_initial_s=0.05, backoff_cap_s=0.2,
+                                  book_interval_s=0.0))
+    gate, parked, emit = asyncio.Event(), asyncio.Event(), conn.emit_book
+
+    async def emit_book(book: Any) -> None:  # a pipeline slow to take a book
+        if not gate.is_set():
+            parked.set()
+            await gate.wait()
+        await emit(book)
+
+    conn.emit_book = emit_book  # type: ignore[method-assign]
+    gate.set()
+    run = Running(conn)
+    await wait_for(lambda: conn.stats.state == "live", what="live")
+    server.rate = 1000.0  # the stream goes on well after the gap
+    server.play()
+    await server.wait_published(400)
+    gate.clear()
+    await wait_for(parked.is_set, what="the book loop held putting out a book")
+    server.withhold_diffs(1)
+    await wait_for(lambda: conn.ex is not None and any(
+        c.rejections for c in conn.ex.clients.values()), what="ccxt keeping the gap's error")
+    gate.set()
+    await wait_for(lambda: conn.spun or conn.stats.book_resyncs >= 1, what="ccxt book gap")
+    await wait_for(lambda: conn.spun or conn.stats.state == "live", what="resynced")
+    assert not conn.spun, "the book loop spun without yielding"
+    await all_received(server, run)
+    await wait_for(lambda: run.out.books[-1].sequence == server.update_id, what="book caught up")
+    states = [b.state for b in run.out.books]
+    i = states.index("resyncing", states.index("live"))
+    assert conn.stats.book_resyncs == 1 and states[i:].count("resyncing") == 1
+    assert conn.stats.reconnects == 0
+    assert_book_matches(server, run)
+    assert_exact(server, run.out.ticks)
+    await run.stop()
+
+
 async def test_ccxt_unknown_exchange_fails_cleanly(server: FakeBinance) -> None:
     conn = CcxtConnector(CcxtConfig(market_for(server, "ccxt", exchange="nosuchexchange")))
     await asyncio.wait_for(conn.run(asyncio.Queue()), 5)

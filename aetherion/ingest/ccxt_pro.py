@@ -47,6 +47,7 @@ import msgspec
 import structlog
 
 from aetherion.domain import BUY, SELL, UNKNOWN_SIDE, BookSnapshot, Tick
+from aetherion.ingest.backoff import SilentConnection
 from aetherion.ingest.base import Checkpoints, ConnectorConfig
 from aetherion.ingest.checkpoint import Position
 from aetherion.ingest.live import Failure, LiveConfig, LiveConnector
@@ -56,6 +57,7 @@ __all__ = ["CcxtConfig", "CcxtConnector", "CcxtTrade", "parse_to_book"]
 log = structlog.get_logger(__name__)
 
 RAW_LOG_CHARS = 200
+BOOK_GAP_PAUSE_S = 0.05  # the wait when ccxt raises ChecksumError again before a book
 CONSECUTIVE_IDS = frozenset({"binance", "binanceus"})
 EXCHANGE_OPTIONS: dict[str, dict[str, object]] = {
     "binance": {"fetchMarkets": {"types": ["spot"]}},
@@ -207,7 +209,7 @@ class CcxtConnector(LiveConnector):
             def client(self, url: str) -> Any:
                 c = super().client(url)
                 if not getattr(c, "_aetherion_guarded", False):
-                    handle = c.handle_text_or_binary_message
+                    handle, future = c.handle_text_or_binary_message, c.future
 
                     def guarded(data: object) -> None:
                         try:
@@ -215,7 +217,19 @@ class CcxtConnector(LiveConnector):
                         except Exception as e:  # the frame is counted and skipped
                             on_bad(data, e)
 
+                    def fresh_future(message_hash: str) -> Any:
+                        # An error for a hash no call waits on (a book gap found while the
+                        # book loop is busy) is kept and given to the next call's future, but
+                        # ccxt leaves that rejected future in place: every later call gets it
+                        # at once, never suspending, until a resolve for the hash, which the
+                        # starved loop never lets in. Handed out once, it goes.
+                        f = future(message_hash)
+                        if f.done() and c.futures.get(message_hash) is f:
+                            del c.futures[message_hash]
+                        return f
+
                     c.handle_text_or_binary_message = guarded
+                    c.future = fresh_future
                     c._aetherion_guarded = True
                 return c
 
@@ -356,6 +370,7 @@ class CcxtConnector(LiveConnector):
 
     async def _book_loop(self) -> None:
         watch, symbol = self.watchdog.next, self.market.symbol
+        gap_since: float | None = None  # the first ChecksumError since the last book
         while True:
             try:
                 ob = await watch(lambda: self.ex.watch_order_book(symbol))
@@ -369,7 +384,20 @@ class CcxtConnector(LiveConnector):
                     log.warning("ccxt: order book gap, resyncing", market=self.market.id,
                                 error=str(e)[:RAW_LOG_CHARS])
                     await self._emit_resyncing()
+                # ccxt can raise without suspending (an error it kept, see fresh_future): the
+                # loop always yields, waits when ccxt raises again before a book, and
+                # reconnects when that goes on for the watchdog's timeout
+                now = time.monotonic()
+                if gap_since is None:
+                    gap_since = now
+                    await asyncio.sleep(0)
+                elif now - gap_since < self.watchdog.timeout_s:
+                    await asyncio.sleep(BOOK_GAP_PAUSE_S)
+                else:
+                    raise SilentConnection(f"no order book for {self.watchdog.timeout_s:g} s "
+                                           "after a gap") from e
                 continue
+            gap_since = None
             if self.stats.state != "live":
                 self.stats.state = "live"
                 self._book_sent = 0.0
@@ -377,6 +405,7 @@ class CcxtConnector(LiveConnector):
             if now - self._book_sent >= self.config.book_interval_s:
                 self._book_sent = now
                 await self.emit_book(parse_to_book(ob, self.market.id, self.config.book_depth))
+            await asyncio.sleep(0)  # a book ccxt hands back at once must not starve the loop
 
     async def _emit_resyncing(self) -> None:
         await self.emit_book(BookSnapshot(self.market.id, int(time.time() * 1000), (), (), None,
