@@ -619,6 +619,26 @@ def test_close_only_bars_fit_on_returns_and_a_missing_range_is_marginalized() ->
         assert want == pytest.approx(-0.5 * (math.log(2 * math.pi * var) + (z[0] - mu) ** 2 / var))
 
 
+def test_a_range_that_only_repeats_the_return_is_not_an_input() -> None:
+    """Candles built from returns alone (high and low at the open and close) have a bar
+    volatility of |return| times a constant: the model then reads the return alone, as on
+    close-only data. The same returns with wicks drawn apart from them keep both inputs."""
+    rng = np.random.default_rng(5)
+    inputs = {}
+    for shape in ("no wicks", "wicks"):
+        eng = RegimeEngine("m", ["1m"], Settings(regime_min_bars=300).regime)
+        for i in range(300):
+            r = float(rng.normal(0, 0.001) * (4 if i % 50 < 5 else 1))
+            o, c = 100.0, 100.0 * math.exp(r)
+            wick = 0.0 if shape == "no wicks" else abs(float(rng.normal(0, 0.001))) * 100
+            vol = bar_vol(o, max(o, c) + wick, min(o, c) - wick, c)
+            eng.on_features(Features("m", "1m", i * 60_000, 1.0, log_return=r,
+                                     extra={"bar_vol": vol}))
+        (req,) = eng.training_due()
+        inputs[shape] = req.inputs
+    assert inputs == {"no wicks": ("log_return",), "wicks": ("log_return", "log_bar_vol")}
+
+
 def test_simulated_market_regimes_against_the_truth(tmp_path: Path) -> None:
     """A short simulated market (aetherion simulate) replayed with defaults: well above a
     constant answer, crises found, and the confidence close to the hit rate."""

@@ -28,11 +28,11 @@ from aetherion.regime.config import RegimeConfig
 from aetherion.regime.model import (
     BASE_INPUTS,
     INPUTS,
-    RANGE_SHARE,
     FitResult,
     RegimeModel,
     TrainRequest,
     observation,
+    range_informs,
 )
 
 __all__ = ["STRATEGY_OF", "RegimeEngine", "Stability"]
@@ -171,11 +171,9 @@ class RegimeEngine:
         if not rows:
             return None
         s = self.cfg
-        # The range is an input only where bars have one (not close-only series, not markets
-        # of one-trade bars): a constant input tells the model nothing.
-        recent = rows[-s.window:]
-        ranged = sum(v[1] is not None for _, v in recent) >= RANGE_SHARE * len(recent)
-        inputs = ALL_INPUTS if ranged else BASE_INPUTS
+        # The bar volatility is an input only where bars have one that tells more than the
+        # return (see ``range_informs``)
+        inputs = ALL_INPUTS if range_informs([v for _, v in rows[-s.window:]]) else BASE_INPUTS
         obs = [v[:len(inputs)] for _, v in rows]
         return TrainRequest(self.market, t.timeframe, obs, inputs, rows[0][0], rows[-1][0],
                             s.seed, s.restarts, s.n_iter, s.window,
