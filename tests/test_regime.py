@@ -90,11 +90,21 @@ def spy_obs(n: int = 600) -> list[tuple[float, ...]]:
 
 def test_label_rule() -> None:
     loc, scale = np.array([0.0, 0.0]), np.array([0.01, 1.0])  # returns in units of 1%
-    cov = np.array([np.eye(2)] * 4)
-    # standardized means: (drift, log range over its long-run median)
+    # standardized means: (drift, log bar volatility over its long-run median); each state's
+    # return spread agrees with its bar volatility (3x for the crisis)
     means = np.array([[0.2, 0.0], [-0.2, 0.3], [0.0, -0.3], [-0.3, np.log(3.0)]])
+    cov = np.array([np.diag([v, 1.0]) for v in (1.0, 1.3**2, 0.8**2, 3.0**2)])
     assert label_states(means, cov, RANGED, loc, scale, 2.0) == [
         "bull", "bear", "sideways", "crisis"]
+    # candles whose wicks do not grow with the volatility: a bar volatility of 1.6x, a return
+    # spread of 4x, read together (their geometric mean, 2.5x) as the crisis they are
+    quiet_wicks = means.copy()
+    quiet_wicks[3, 1] = np.log(1.6)
+    wide = cov.copy()
+    wide[3, 0, 0] = 4.0**2
+    assert label_states(quiet_wicks, wide, RANGED, loc, scale, 2.0)[3] == "crisis"
+    wide[3, 0, 0] = 2.0**2  # a spread of 2x with it: 1.8x, not a crisis
+    assert label_states(quiet_wicks, wide, RANGED, loc, scale, 2.0)[3] == "bear"
     # 3x the long-run level is not a crisis when the bar is set at 4x
     assert label_states(means, cov, RANGED, loc, scale, 4.0) == [
         "bull", "sideways", "sideways", "bear"]
@@ -204,7 +214,8 @@ def test_the_volatility_input_is_as_short_below_its_median_as_above() -> None:
         assert low < -q[0] / q[3] < high and low < -q[1] / q[2] < high, q
     assert np.array_equal(z[log_vol >= 0], log_vol[log_vol >= 0])
     means = np.column_stack([np.zeros(5), _vol_z(np.log([0.3, 0.8, 1.0, 1.5, 4.0]), VOL_POWER)])
-    assert _state_vol(means, np.zeros((5, 2, 2)), RANGED, VOL_POWER) == pytest.approx(
+    spread = np.array([np.diag([v * v, 1.0]) for v in (0.3, 0.8, 1.0, 1.5, 4.0)])
+    assert _state_vol(means, spread, RANGED, VOL_POWER) == pytest.approx(
         [0.3, 0.8, 1.0, 1.5, 4.0], rel=1e-12)
 
 
