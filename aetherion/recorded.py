@@ -14,7 +14,8 @@ written with thousands commas or a currency sign (``21,082.95``, ``$129.93``) ar
 numbers, a volume of ``--`` or nothing as 0, and dates like ``May 25, 2017`` as dates.
 QuantConnect Lean / AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in
 milliseconds since New York midnight, the date in the file name) are recognised too. Unsorted
-timestamps are sorted (stably) and counted; a repeated ``trade_id`` is dropped and counted.
+timestamps are sorted (stably) and counted; a repeated ``trade_id`` is dropped and counted, and
+of candles written twice for one time the later row is kept, the other dropped and counted.
 
 Input rules. A bad file ends the replay with one line naming the file and, where it applies, the
 row (the line number, the header being row 1) and the column; values shown are cut to 80
@@ -109,7 +110,7 @@ class Loaded:
     kind: str  # "trades" | "candles"
     frame: pl.DataFrame  # ts (Int64 epoch ms) and the kind's columns, sorted by ts
     unsorted: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # rows dropped for a repeated trade_id, or candles for a repeated ts
     source: str = "input"  # the file, for errors found later
     dropped: int = 0  # rows without a usable close (``_usable_closes``) or with no price
     no_range: int = 0  # candle rows with a close but no usable open, high or low: closes only
@@ -542,9 +543,10 @@ def _finish(path: Path, df: pl.DataFrame, kind: str, first: int = 2,
     unsorted = int(np.sum(ts[1:] < ts[:-1])) if len(ts) > 1 else 0
     if unsorted:
         df = df.sort("ts", maintain_order=True)
-    duplicates = 0
+    n = len(df)
     if "trade_id" in df.columns:
-        n = len(df)
         df = df.unique(subset="trade_id", keep="first", maintain_order=True)
-        duplicates = n - len(df)
+    elif kind == "candles":  # a time written twice (a download's last row, repeated): the later
+        df = df.unique(subset="ts", keep="last", maintain_order=True)
+    duplicates = n - len(df)
     return Loaded(kind, df, unsorted, duplicates, str(path), dropped, no_range)

@@ -254,7 +254,8 @@ def test_yahoo_holiday_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     """Yahoo's daily files give a holiday a row of nulls: dropped and counted as a close-only
     gap is, and so is a row without a close. A row with a close but no usable open, high or
     low (^GSPC and ^DJI open at 0 from 1962 to 1982) is that close alone, o = h = l = c, and
-    counted. A value that is not a number still stops the replay, at its own row."""
+    counted; of a day written twice the later row is kept, counted. A value that is not a
+    number still stops the replay, at its own row."""
     head = "Date,Open,High,Low,Close,Adj Close,Volume\n"
     days = [f"2001-04-{d:02d}" for d in range(2, 28)]
     lines = [f"{d},{100 + i},{102 + i},{99 + i},{101 + i},{101 + i},{1000 + i}\n"
@@ -278,6 +279,12 @@ def test_yahoo_holiday_rows_are_dropped_and_counted(tmp_path: Path) -> None:
         101.0 + i if i in (3, 5, 6) else 102.0 + i for i in kept]
     summary = replay(loaded, Settings(), "dax").summary
     assert (summary["closes_dropped"], summary["ranges_missing"]) == (3, 3)
+    # a download taken during the session repeats its last day, updated: the later row is kept
+    src.write_text(head + "".join(lines) + lines[-1].replace(",126,126,", ",127,127,"))
+    again = load(src)
+    assert again.duplicates == 1 and again.frame["close"].to_list()[-1] == 127.0
+    assert again.frame.drop("close").equals(loaded.frame.drop("close"))
+    assert replay(again, Settings(), "dax").summary["duplicate_candles_dropped"] == 1
     lines[7] = f"{days[7]},107,1o9,106,108,108,1007\n"
     src.write_text(head + "".join(lines))
     with pytest.raises(InputError, match="row 9, column high: cannot parse '1o9'"):
