@@ -11,7 +11,9 @@ column, one named ``date``, ``time``, ``timestamp``... (any case) is taken. With
 column (Yahoo's) the prices are scaled by ``Adj Close / Close`` row by row. NASDAQ.com's
 ``Close/Last`` and Investing.com's ``Price`` (beside Open, High and Low) are the close; numbers
 written with thousands commas or a currency sign (``21,082.95``, ``$129.93``) are read as
-numbers, a volume of ``--`` or nothing as 0, and dates like ``May 25, 2017`` as dates.
+numbers, a volume of ``--`` or nothing as 0, and dates like ``May 25, 2017`` as dates. A file
+whose header is separated by ``;`` (a spreadsheet's export in a European locale) is read with
+``;`` between fields and ``1.234,56`` as 1234.56.
 QuantConnect Lean / AlgoSeek files (headerless; prices in 1/10,000 dollars; trade times in
 milliseconds since New York midnight, the date in the file name) are recognised too. Unsorted
 timestamps are sorted (stably) and counted; a repeated ``trade_id`` is dropped and counted, and
@@ -193,6 +195,7 @@ def _inner_name(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".zip")
 
 
+EURO_NUMBER = r"^[-+]?[0-9]{1,3}(\.[0-9]{3})*,[0-9]+$|^[-+]?[0-9]+,[0-9]+$"  # 1.234,56
 LEAN_BAR = re.compile(rb"^\d{8} \d\d:\d\d,")
 LEAN_TRADE = re.compile(rb"^\d+,\d+,\d+")
 
@@ -225,6 +228,8 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
     try:
         if _inner_name(path).endswith(".parquet"):
             df = _parquet(path, data, max_bytes)
+        elif b";" in (first := data.split(b"\n", 1)[0]) and b"," not in first:
+            df = _european(pl.read_csv(io.BytesIO(data), separator=";", infer_schema=False))
         else:
             df = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except InputError:
@@ -232,6 +237,16 @@ def _load(path: Path, data: bytes, kind: str | None, column: str | None,
     except Exception as e:  # polars raises several kinds for a corrupt file
         raise InputError(f"{path}: cannot parse ({_short(_first_line(e))})") from None
     return _checked(path, df, kind, column)
+
+
+def _european(df: pl.DataFrame) -> pl.DataFrame:
+    """A file as a spreadsheet in a European locale writes it: ``;`` between fields and
+    ``1.234,56`` for a number. Such numbers are rewritten as ``1234.56``; other text is left."""
+    return df.with_columns(
+        pl.when(pl.col(c).str.strip_chars().str.contains(EURO_NUMBER))
+        .then(pl.col(c).str.strip_chars().str.replace_all(".", "", literal=True)
+              .str.replace(",", ".", literal=True))
+        .otherwise(pl.col(c)).alias(c) for c in df.columns if df[c].dtype == pl.Utf8)
 
 
 def _checked(path: Path, df: pl.DataFrame, kind: str | None, column: str | None) -> Loaded:

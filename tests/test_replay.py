@@ -453,6 +453,9 @@ def test_investing_and_nasdaq_com_downloads_read_as_the_same_bars(tmp_path: Path
             f"{t:%m/%d/%Y},{c},--,{o},{h},{lo}\n" for t, o, h, lo, c in newest_first),
         "nasdaq_stock.csv": "Date,Close/Last,Volume,Open,High,Low\n" + "".join(
             f"{t:%m/%d/%Y},${c},77034210,${o},${h},${lo}\n" for t, o, h, lo, c in newest_first),
+        "europe_semicolons.csv": "Date;Open;High;Low;Close\n" + "".join(  # 21.050,5
+            f"{t:%d.%m.%Y};" + f"{o:,.1f};{h:,.2f};{lo};{c:,.1f}\n".replace(",", "_").replace(
+                ".", ",").replace("_", ".") for t, o, h, lo, c in newest_first),
     }
     for name, text in files.items():
         src = tmp_path / name
