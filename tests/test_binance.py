@@ -208,7 +208,7 @@ async def test_cut_and_refused_reconnect_backfills_exactly(server: FakeBinance) 
     await wait_for(lambda: server.conns != [], what="connected")
     server.play()
     await server.wait_published(600)
-    server.cut(refuse_s=0.6)  # no close frame; reconnects refused for a while
+    server.cut(refuse_s=0.6, refuse_at_least=1)  # no close frame; reconnects refused a while
     await server.wait_published(1200)
     assert server.refused >= 1
     await all_received(server, run)

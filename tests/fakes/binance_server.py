@@ -119,6 +119,7 @@ class FakeBinance:
         self.ws_connects = 0
         self.refused = 0
         self._refuse_until = 0.0
+        self._refuse_left = 0  # connections still to refuse after a cut
         self._withhold = 0
         self.withheld = 0
         self._go = asyncio.Event()
@@ -232,10 +233,12 @@ class FakeBinance:
 
     # faults ------------------------------------------------------------------------------------
 
-    def cut(self, refuse_s: float = 0.0) -> None:
+    def cut(self, refuse_s: float = 0.0, refuse_at_least: int = 0) -> None:
         """Drop every connection at the TCP level (no close frame); refuse new ones for
-        ``refuse_s`` seconds."""
+        ``refuse_s`` seconds, and at least ``refuse_at_least`` of them however late they come
+        (a loaded machine may reconnect only after ``refuse_s``)."""
         self._refuse_until = time.monotonic() + refuse_s
+        self._refuse_left = refuse_at_least
         for c in list(self.conns):
             if c.request.transport is not None:
                 c.request.transport.abort()
@@ -264,7 +267,8 @@ class FakeBinance:
     # websocket ---------------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        if time.monotonic() < self._refuse_until:
+        if time.monotonic() < self._refuse_until or self._refuse_left > 0:
+            self._refuse_left = max(0, self._refuse_left - 1)
             self.refused += 1
             return web.Response(status=503, text="refusing connections")
         ws = web.WebSocketResponse(autoping=True)
