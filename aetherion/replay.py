@@ -116,10 +116,6 @@ def _candles(df: pl.DataFrame, market: str, timeframe: str, base: int,
         row = int(np.argmax(ts % base != 0))
         raise InputError(f"{source}: row {row + 2}, column ts: {int(ts[row])} is not on a "
                          f"{timeframe} boundary (pass --timeframe with the candles' spacing)")
-    if np.any(np.diff(ts) == 0):
-        row = int(np.argmax(np.diff(ts) == 0)) + 1
-        raise InputError(f"{source}: row {row + 2}, column ts: a second candle for the same "
-                         "time")
     o, h, lo, c, v = (df[k].to_list() for k in ("open", "high", "low", "close", "volume"))
     return [Bar(market, timeframe, int(t), o[i], h[i], lo[i], c[i], v[i], 0.0, 0.0, 0, True,
                 first_ts=int(t), last_ts=int(t) + base - 1, sided=False)
